@@ -1,0 +1,1 @@
+"""Prompt packs (YAML). Installed as the package data ``zeroshot.prompt_packs``."""

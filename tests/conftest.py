@@ -1,0 +1,82 @@
+"""Shared fixtures: an isolated cache, a random-weights checkpoint of a real architecture, images."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ARCH = "ViT-S-32"  # a real open_clip config, small enough for CPU tests
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(tmp_path, monkeypatch):
+    """Every test gets its own cache folder and no model defaults from the environment."""
+    monkeypatch.setenv("ZEROSHOT_CACHE_DIR", str(tmp_path / "cache"))
+    for var in ("ZEROSHOT_MODEL", "ZEROSHOT_PRETRAINED"):
+        monkeypatch.delenv(var, raising=False)
+    yield
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory) -> Path:
+    """A random-weights ViT-S-32 saved as a plain state_dict, the way users save checkpoints."""
+    import open_clip
+    import torch
+
+    torch.manual_seed(1234)
+    model = open_clip.create_model(ARCH)
+    # Random init leaves logit_scale at log(1/0.07); set a trained-looking 100 so the softmax is sharp
+    # enough that a wrong preprocessing or template would move the probabilities visibly.
+    with torch.no_grad():
+        model.logit_scale.fill_(np.log(100.0))
+    path = tmp_path_factory.mktemp("ckpt") / "vit-s-32-random.pt"
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def make_image(path: Path, seed: int, size=(96, 72), mode="RGB", fmt=None) -> Path:
+    """A deterministic image with structure (gradients + noise), not just flat noise."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.stack(
+        [(xx * (seed + 3)) % 256, (yy * (seed + 5)) % 256, ((xx + yy) * (seed + 7)) % 256], axis=-1
+    ).astype(np.int16)
+    noise = rng.integers(-40, 40, size=base.shape)
+    arr = np.clip(base + noise, 0, 255).astype(np.uint8)
+    Image.fromarray(arr, "RGB").convert(mode).save(path, format=fmt)
+    return path
+
+
+@pytest.fixture(scope="session")
+def image_dir(tmp_path_factory) -> Path:
+    """Five good images of different sizes and formats."""
+    folder = tmp_path_factory.mktemp("images")
+    make_image(folder / "a.png", 1, (96, 72))
+    make_image(folder / "b.jpg", 2, (120, 200))
+    make_image(folder / "c.png", 3, (224, 224))
+    make_image(folder / "d.webp", 4, (300, 150))
+    make_image(folder / "e.bmp", 5, (50, 64))
+    return folder
+
+
+def run_cli(*args: str, stdin: str | None = None, env_extra: dict | None = None, cwd=None, timeout=300):
+    """Run the real console entry point in a subprocess (``python -m zeroshot``)."""
+    env = dict(os.environ)
+    env.update(env_extra or {})
+    return subprocess.run(
+        [sys.executable, "-m", "zeroshot", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=timeout,
+    )

@@ -1,0 +1,160 @@
+"""The text-embedding cache: location, keys, hits, atomic writes, corruption and listing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from zeroshot import cache
+from zeroshot.classifier import text_cache_key
+from zeroshot.cli import app
+from zeroshot.models import resolve_spec
+from zeroshot.prompts import resolve_prompt_set
+
+from .conftest import ARCH
+
+
+def build(checkpoint, *extra):
+    result = CliRunner().invoke(
+        app, ["build-prompts", "-m", ARCH, "-p", str(checkpoint), "--label", "cat", "--label", "dog", *extra]
+    )
+    return result
+
+
+def test_cache_dir_precedence(monkeypatch, tmp_path):
+    monkeypatch.setenv("ZEROSHOT_CACHE_DIR", str(tmp_path / "explicit"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache.cache_dir() == tmp_path / "explicit"
+    monkeypatch.delenv("ZEROSHOT_CACHE_DIR")
+    assert cache.cache_dir() == tmp_path / "xdg" / "zeroshot"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache.cache_dir() == tmp_path / "home" / ".cache" / "zeroshot"
+
+
+def test_key_covers_everything_that_changes_numbers(checkpoint, tmp_path):
+    spec = resolve_spec(ARCH, str(checkpoint))
+    base = resolve_prompt_set(labels=["cat", "dog"])
+    keys = {
+        text_cache_key(spec, base),
+        text_cache_key(spec, resolve_prompt_set(labels=["dog", "cat"])),  # class order
+        text_cache_key(spec, resolve_prompt_set(labels=["cat", "dog", "cow"])),
+        text_cache_key(spec, resolve_prompt_set(labels=["cat", "dog"], dataset="cifar10")),  # templates
+        text_cache_key(resolve_spec("ViT-B-32", str(checkpoint)), base),  # architecture
+        text_cache_key(resolve_spec(ARCH, "openai"), base),  # weights tag
+    }
+    assert len(keys) == 6
+    # Same content under another name: same weights identity. Different content: different key.
+    copy = tmp_path / "copy.pt"
+    copy.write_bytes(checkpoint.read_bytes())
+    assert text_cache_key(resolve_spec(ARCH, str(copy)), base) == text_cache_key(spec, base)
+    with copy.open("r+b") as f:
+        f.seek(-1, 2)
+        last = f.read(1)
+        f.seek(-1, 2)
+        f.write(bytes([last[0] ^ 1]))
+    assert text_cache_key(resolve_spec(ARCH, str(copy)), base) != text_cache_key(spec, base)
+    assert json.loads(text_cache_key(spec, base))["open_clip"]
+
+
+def test_second_build_is_a_hit_with_identical_weights(checkpoint):
+    first = build(checkpoint)
+    assert first.exit_code == 0, first.output
+    rec1 = json.loads(first.stdout)
+    assert rec1["cache_hit"] is False and rec1["classes"] == 2 and rec1["prompts"] == 14
+    path = Path(rec1["cache_file"])
+    assert path.is_file() and path.parent.parent == cache.cache_dir()
+    assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]  # no temp files left
+    before = path.read_bytes()
+    second = build(checkpoint)
+    rec2 = json.loads(second.stdout)
+    assert rec2["cache_hit"] is True and rec2["cache_file"] == rec1["cache_file"]
+    assert path.read_bytes() == before
+    forced = json.loads(build(checkpoint, "--force").stdout)
+    assert forced["cache_hit"] is False
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "foreign", "not-unit", "empty"])
+def test_damaged_entry_is_reported_and_rebuilt(checkpoint, damage):
+    rec = json.loads(build(checkpoint).stdout)
+    path = Path(rec["cache_file"])
+    good = cache.load_entry(path, cache.read_metadata(path)["key"], 2).weights.copy()
+    data = path.read_bytes()
+    if damage == "truncate":
+        path.write_bytes(data[: len(data) // 2])
+    elif damage == "garbage":
+        path.write_bytes(b"\x00garbage" * 50)
+    elif damage == "empty":
+        path.write_bytes(b"")
+    else:
+        from safetensors.numpy import save
+
+        meta = cache.read_metadata(path)
+        weights = good.copy()
+        if damage == "foreign":
+            meta["key"] = meta["key"].replace("cat", "cow")
+        else:
+            weights *= 3.0
+        path.write_bytes(save({"weights": weights}, metadata=meta))
+    again = build(checkpoint)
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout)["cache_hit"] is False
+    warning = again.stderr.strip().splitlines()
+    assert len(warning) == 1 and "unusable" in warning[0] and "rebuilding" in warning[0]
+    rebuilt = cache.load_entry(path, cache.read_metadata(path)["key"], 2).weights
+    np.testing.assert_allclose(rebuilt, good, atol=1e-6)
+    assert json.loads(build(checkpoint).stdout)["cache_hit"] is True
+
+
+def test_atomic_write_leaves_old_file_on_failure(tmp_path, monkeypatch):
+    target = tmp_path / "entry.bin"
+    cache.atomic_write_bytes(target, b"old")
+
+    def boom(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(cache.os, "replace", boom)
+    with pytest.raises(OSError):
+        cache.atomic_write_bytes(target, b"new content")
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["entry.bin"]
+
+
+def test_cache_command_lists_and_clears(checkpoint):
+    build(checkpoint)
+    listing = CliRunner().invoke(app, ["cache", "--json"])
+    assert listing.exit_code == 0
+    info = json.loads(listing.stdout)
+    assert info["cache_dir"] == str(cache.cache_dir())
+    assert len(info["entries"]) == 1 and info["entries"][0]["classes"] == "2"
+    table = CliRunner().invoke(app, ["cache"])
+    assert "1 entries" in table.stdout and "labels+default" in table.stdout
+    cleared = json.loads(CliRunner().invoke(app, ["cache", "--clear"]).stdout)
+    assert cleared["removed"] >= 1
+    assert json.loads(CliRunner().invoke(app, ["cache", "--json"]).stdout)["entries"] == []
+
+
+def test_classify_uses_and_fills_the_same_cache(checkpoint, image_dir):
+    args = [
+        "classify",
+        str(image_dir / "a.png"),
+        "-m",
+        ARCH,
+        "-p",
+        str(checkpoint),
+        "--label",
+        "cat",
+        "--label",
+        "dog",
+    ]
+    first = CliRunner().invoke(app, args)
+    assert first.exit_code == 0
+    assert len(cache.list_entries()) == 1
+    rec = json.loads(build(checkpoint).stdout)
+    assert rec["cache_hit"] is True
+    nocache = CliRunner().invoke(app, [*args, "--no-cache"])
+    assert nocache.stdout == first.stdout

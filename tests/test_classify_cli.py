@@ -1,0 +1,159 @@
+"""The classify command as users see it: records, order, errors, exit codes, pipes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from zeroshot.cli import app
+
+from .conftest import ARCH, DATA, make_image, run_cli
+
+LABELS = ["cat", "dog", "car"]
+
+
+def model_args(checkpoint):
+    return ["-m", ARCH, "-p", str(checkpoint), *sum((["--label", x] for x in LABELS), [])]
+
+
+def invoke(*args, input=None):
+    return CliRunner().invoke(app, list(args), input=input)
+
+
+def parse(stdout):
+    return [json.loads(line) for line in stdout.splitlines()]
+
+
+def test_bad_inputs_become_error_records_and_run_goes_on(checkpoint, image_dir, tmp_path):
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes((image_dir / "c.png").read_bytes()[:300])
+    args = [
+        str(image_dir / "a.png"), str(tmp_path / "missing.jpg"), str(DATA / "not-an-image.txt"),
+        str(truncated), str(image_dir / "b.jpg"),
+    ]  # fmt: skip
+    proc = run_cli("classify", *args, *model_args(checkpoint), "--top-k", "2")
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    records = parse(proc.stdout)
+    assert [r["path"] for r in records] == args
+    assert records[1] == {"path": args[1], "error": "no such file"}
+    assert records[2]["error"].startswith("not an image")
+    assert records[3]["error"].startswith("truncated image")
+    for good in (records[0], records[4]):
+        assert good["label"] in LABELS and len(good["top_k"]) == 2 and "error" not in good
+    # The good ones score exactly as when they run alone.
+    alone = parse(invoke("classify", args[0], args[4], *model_args(checkpoint), "--top-k", "2").stdout)
+    assert alone == [records[0], records[4]]
+
+
+def test_all_good_exits_0_with_full_top_k_capped(checkpoint, image_dir):
+    result = invoke("classify", str(image_dir), *model_args(checkpoint), "--top-k", "50", "-q")
+    assert result.exit_code == 0, result.output
+    records = parse(result.stdout)
+    assert len(records) == 5
+    for rec in records:
+        assert len(rec["top_k"]) == len(LABELS)  # capped at the number of classes
+        assert abs(sum(t["score"] for t in rec["top_k"]) - 1.0) < 1e-5  # softmax over all classes
+
+
+def test_folder_recursion_images_only_sorted(checkpoint, tmp_path):
+    root = tmp_path / "photos"
+    (root / "sub" / "deeper").mkdir(parents=True)
+    make_image(root / "z.png", 1)
+    make_image(root / "sub" / "b.jpg", 2)
+    make_image(root / "sub" / "deeper" / "a.png", 3)
+    (root / "notes.txt").write_text("not an image")
+    (root / "sub" / "data.json").write_text("{}")
+    result = invoke("classify", str(root), *model_args(checkpoint))
+    assert result.exit_code == 0, result.output
+    paths = [r["path"] for r in parse(result.stdout)]
+    assert paths == [str(root / "sub" / "b.jpg"), str(root / "sub" / "deeper" / "a.png"), str(root / "z.png")]
+
+
+def test_paths_from_stdin_keep_order(checkpoint, image_dir):
+    names = [str(image_dir / n) for n in ("e.bmp", "a.png", "d.webp")]
+    result = invoke("classify", "-", *model_args(checkpoint), input="\n".join(names) + "\n")
+    assert result.exit_code == 0, result.output
+    assert [r["path"] for r in parse(result.stdout)] == names
+
+
+def test_exif_orientation_is_honoured(checkpoint, tmp_path):
+    upright = make_image(tmp_path / "upright.png", 9, (160, 90))
+    img = Image.open(upright)
+    # Stored rotated; EXIF orientation 6 says "rotate 90° clockwise to display", which restores it.
+    stored = img.transpose(Image.Transpose.ROTATE_90)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    tagged = tmp_path / "tagged.jpg"
+    stored.save(tagged, exif=exif.tobytes(), quality=100, subsampling=0)
+    plain = tmp_path / "plain.jpg"
+    img.save(plain, quality=100, subsampling=0)
+    records = parse(invoke("classify", str(tagged), str(plain), str(upright), *model_args(checkpoint)).stdout)
+    scores = [{t["label"]: t["score"] for t in r["top_k"]} for r in records]
+    # tagged (after EXIF) and plain hold the same pixels up to JPEG loss; ignoring EXIF would not.
+    assert max(abs(scores[0][k] - scores[1][k]) for k in LABELS) < 2e-3
+    stored.save(tmp_path / "rot.png")
+    ignored = parse(invoke("classify", str(tmp_path / "rot.png"), *model_args(checkpoint)).stdout)[0]
+    rot = {t["label"]: t["score"] for t in ignored["top_k"]}
+    assert max(abs(rot[k] - scores[2][k]) for k in LABELS) > 10 * max(
+        abs(scores[0][k] - scores[1][k]) for k in LABELS
+    )
+
+
+def test_odd_file_names_stay_valid_json_lines(checkpoint, tmp_path):
+    names = ["with space.png", "ünïcødé 猫.png", 'quote"s.png', "new\nline.png"]
+    for i, name in enumerate(names):
+        make_image(tmp_path / name, i)
+    result = invoke("classify", *[str(tmp_path / n) for n in names], *model_args(checkpoint))
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert len(lines) == len(names)
+    assert [json.loads(line)["path"] for line in lines] == [str(tmp_path / n) for n in names]
+
+
+def test_head_closes_pipe_quietly(checkpoint, image_dir, tmp_path):
+    many = tmp_path / "many"
+    many.mkdir()
+    for i in range(40):
+        shutil.copy(image_dir / "a.png", many / f"{i:03d}.png")
+    cmd = (
+        f"{sys.executable} -m zeroshot classify {many} -m {ARCH} -p {checkpoint} --label cat --label dog -b 4"
+        " | head -n 1"
+    )
+    proc = subprocess.run(
+        ["bash", "-c", cmd], capture_output=True, text=True, env=dict(os.environ), timeout=300
+    )
+    assert proc.returncode == 0
+    assert len(proc.stdout.splitlines()) == 1 and json.loads(proc.stdout)["path"].endswith("000.png")
+    assert proc.stderr == ""
+
+
+def test_usage_errors_exit_2(checkpoint, image_dir):
+    no_inputs = invoke("classify", *model_args(checkpoint))
+    assert no_inputs.exit_code == 2 and "no inputs" in no_inputs.stderr
+    no_labels = invoke("classify", str(image_dir), "-m", ARCH, "-p", str(checkpoint))
+    assert no_labels.exit_code == 2 and "no classes" in no_labels.stderr
+    bad_device = invoke("classify", str(image_dir), *model_args(checkpoint), "--device", "tpu")
+    assert bad_device.exit_code == 2 and "--device tpu" in bad_device.stderr
+    unknown = invoke("classify", str(image_dir), "--dataset", "cifar", "-m", ARCH, "-p", str(checkpoint))
+    assert unknown.exit_code == 2
+    assert (
+        unknown.stderr.count("\n") == 1
+        and "known ones are" in unknown.stderr
+        and "cifar100" in unknown.stderr
+    )
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root can read anything")
+def test_unreadable_file_is_an_error_record(checkpoint, image_dir, tmp_path):
+    locked = make_image(tmp_path / "locked.png", 1)
+    locked.chmod(0)
+    records = parse(invoke("classify", str(locked), *model_args(checkpoint)).stdout)
+    assert records == [{"path": str(locked), "error": "permission denied"}]

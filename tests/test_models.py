@@ -1,0 +1,158 @@
+"""Model specs, weight loading through open_clip's factory, and its failures."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from zeroshot.cli import app
+from zeroshot.errors import ModelLoadError, UsageError
+from zeroshot.models import load_model, resolve_spec
+
+from .conftest import ARCH, run_cli
+
+# RFC 2606 reserves .invalid: it never resolves, so these tests see "no network" everywhere.
+OFFLINE = {"HF_ENDPOINT": "https://hub.invalid", "HF_HOME": "", "HF_HUB_OFFLINE": ""}
+
+
+@pytest.fixture
+def offline_env(tmp_path):
+    return {**OFFLINE, "HF_HOME": str(tmp_path / "hf-home")}
+
+
+def test_spec_defaults_and_environment(monkeypatch, checkpoint):
+    assert resolve_spec() == resolve_spec("ViT-B-32", "openai")
+    assert resolve_spec().kind == "tag"
+    monkeypatch.setenv("ZEROSHOT_MODEL", ARCH)
+    monkeypatch.setenv("ZEROSHOT_PRETRAINED", str(checkpoint))
+    spec = resolve_spec()
+    assert (spec.model, spec.pretrained, spec.kind) == (ARCH, str(checkpoint), "file")
+    assert resolve_spec("RN50").pretrained == "openai"  # env weights belong to the env model
+    assert resolve_spec("hf-hub:org/repo").kind == "hf-hub"
+    with pytest.raises(UsageError, match="does not apply"):
+        resolve_spec("hf-hub:org/repo", "openai")
+    with pytest.raises(UsageError, match="no 'openai' weights"):
+        resolve_spec("ViT-B-16-SigLIP")
+
+
+def one_line_error(proc):
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("zeroshot: error: ")
+    return lines[0]
+
+
+def test_default_model_without_network_is_one_line_exit_1(offline_env, image_dir):
+    proc = run_cli(
+        "classify", str(image_dir / "a.png"), "--label", "cat", "--label", "dog", env_extra=offline_env
+    )
+    assert proc.returncode == 1
+    line = one_line_error(proc)
+    assert "ViT-B-32 (openai)" in line and "no network" in line and "--pretrained FILE" in line
+    assert proc.stdout == ""
+
+
+def test_hf_hub_without_network_is_one_line_exit_1(offline_env):
+    proc = run_cli("build-prompts", "-m", "hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K", "--label", "cat",
+                   env_extra=offline_env)  # fmt: skip
+    assert proc.returncode == 1
+    assert "hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K" in one_line_error(proc)
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["-m", ARCH, "-p", "laion9000"], "unknown pretrained tag 'laion9000' for ViT-S-32; known tags:"),
+        (["-m", ARCH, "-p", "/nonexistent/weights.pt"], "checkpoint file not found: /nonexistent/weights.pt"),
+        (["-m", "ViT-B-33", "-p", "openai"], "unknown model 'ViT-B-33' (did you mean"),
+    ],
+)
+def test_bad_weights_are_one_line_exit_1(args, expected):
+    result = CliRunner().invoke(app, ["build-prompts", "--label", "cat", *args])
+    assert result.exit_code == 1
+    assert result.stderr.count("\n") == 1 and expected in result.stderr
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_pickle_with_code_is_refused_and_never_runs(tmp_path, image_dir):
+    marker = tmp_path / "payload-ran"
+    evil = tmp_path / "evil.pt"
+    with evil.open("wb") as f:
+        pickle.dump({"visual.proj": _Payload(str(marker))}, f)
+    proc = run_cli("classify", str(image_dir / "a.png"), "--label", "x", "-m", ARCH, "-p", str(evil))
+    assert proc.returncode == 1
+    assert "refusing checkpoint" in one_line_error(proc)
+    assert not marker.exists()
+
+
+def test_safetensors_checkpoint_gives_same_numbers(checkpoint, tmp_path, image_dir):
+    import torch
+    from safetensors.torch import save_file
+
+    st = tmp_path / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in torch.load(checkpoint, weights_only=True).items()}, st)
+    outs = []
+    for weights in (checkpoint, st):
+        r = CliRunner().invoke(app, ["classify", str(image_dir / "b.jpg"), "--label", "a", "--label", "b",
+                                     "-m", ARCH, "-p", str(weights), "--no-cache"])  # fmt: skip
+        assert r.exit_code == 0, r.output
+        outs.append(json.loads(r.stdout)["top_k"])
+    assert outs[0] == outs[1]
+
+
+def test_openai_tag_runs_with_quickgelu(monkeypatch):
+    """OpenAI weights were trained with QuickGELU; ViT-B-32's config says GELU. We pass the flag."""
+    import open_clip
+
+    seen = {}
+
+    def fake_factory(name, pretrained=None, **kwargs):
+        seen.update(kwargs, name=name, pretrained=pretrained)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(open_clip, "create_model_from_pretrained", fake_factory)
+    with pytest.raises(ModelLoadError):
+        load_model(resolve_spec("ViT-B-32", "openai"))
+    assert seen["force_quick_gelu"] is True and seen["pretrained"] == "openai"
+    seen.clear()
+    with pytest.raises(ModelLoadError):
+        load_model(resolve_spec("ViT-B-32", "laion2b_s34b_b79k"))
+    assert "force_quick_gelu" not in seen
+
+
+def test_models_command_lists_architectures_and_tags():
+    result = CliRunner().invoke(app, ["models", "--json"])
+    assert result.exit_code == 0
+    rows = {r["model"]: r["pretrained"] for r in map(json.loads, result.stdout.splitlines())}
+    assert "openai" in rows["ViT-B-32"] and "laion2b_s34b_b79k" in rows["ViT-B-32"]
+    assert ARCH in rows
+    plain = CliRunner().invoke(app, ["models"])
+    assert any(line.startswith("ViT-B-32\t") and "openai" in line for line in plain.stdout.splitlines())
+
+
+def test_help_does_not_import_torch():
+    code = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from zeroshot.cli import app\n"
+        "for args in (['--help'], ['classify', '--help'], ['build-prompts', '--help']):\n"
+        "    assert CliRunner().invoke(app, args).exit_code == 0\n"
+        "print(sorted(m for m in ('torch', 'open_clip', 'numpy', 'PIL') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+    proc = run_cli("--help")
+    assert proc.returncode == 0 and "classify" in proc.stdout

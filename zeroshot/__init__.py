@@ -1,0 +1,63 @@
+"""zeroshot: CLIP zero-shot image classification with cached prompt ensembles.
+
+Library use, without the CLI::
+
+    import zeroshot
+
+    clf = zeroshot.Zeroshot(model="ViT-B-32", pretrained="openai")
+    text = clf.text_classifier(zeroshot.resolve_prompt_set(labels=["cat", "dog"]))
+    for record in clf.classify(["photo.jpg"], text):
+        print(record["label"], record["score"])
+
+Importing this package does not import torch; loading a model does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from .errors import ModelLoadError, PromptError, UsageError, ZeroshotError
+from .prompts import PromptSet, load_pack, resolve_prompt_set
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ModelLoadError",
+    "PromptError",
+    "PromptSet",
+    "UsageError",
+    "Zeroshot",
+    "ZeroshotError",
+    "__version__",
+    "load_pack",
+    "resolve_prompt_set",
+]
+
+
+class Zeroshot:
+    """A loaded model plus what it needs to classify: text classifiers and batched image scoring."""
+
+    def __init__(self, model: str | None = None, pretrained: str | None = None, device: str = "auto") -> None:
+        from .models import load_model, resolve_device, resolve_spec
+
+        self.spec = resolve_spec(model, pretrained)
+        self.device = resolve_device(device)
+        self.loaded = load_model(self.spec, self.device)
+
+    def text_classifier(self, prompt_set: PromptSet, *, use_cache: bool = True) -> Any:
+        """The :class:`~zeroshot.classifier.TextClassifier` for ``prompt_set`` (cached on disk)."""
+        from .classifier import get_text_classifier
+
+        return get_text_classifier(
+            self.spec, prompt_set, lambda: self.loaded, use_cache=use_cache, device=self.device
+        )
+
+    def classify(
+        self, paths: Iterable[str], text: Any, *, top_k: int = 5, batch_size: int = 32
+    ) -> Iterator[dict[str, Any]]:
+        """One record per path (files or folders), in order, as the CLI prints them."""
+        from .images import iter_inputs
+        from .pipeline import classify_inputs
+
+        return classify_inputs(self.loaded, text, iter_inputs(paths), top_k=top_k, batch_size=batch_size)

@@ -1,0 +1,3 @@
+from zeroshot.cli import main
+
+main()

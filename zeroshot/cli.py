@@ -1,0 +1,396 @@
+"""The command line: parse options, call the library, print. Errors become one stderr line.
+
+Exit codes: 0 success; 1 an input failed or a runtime error; 2 a usage error; 130/143 interrupted
+by SIGINT/SIGTERM; 141 stdout closed early (e.g. ``| head``), which ends the run quietly.
+torch and open_clip are imported only inside commands that need them, so ``--help`` is fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from .errors import UsageError, ZeroshotError
+
+app = typer.Typer(
+    name="zeroshot",
+    help="CLIP zero-shot image classification: labels in, JSON Lines out.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+EXIT_SIGPIPE = 141
+
+
+def _fail(message: str, code: int) -> typer.Exit:
+    sys.stderr.write(f"zeroshot: error: {message}\n")
+    sys.stderr.flush()
+    return typer.Exit(code)
+
+
+def _quiet_broken_pipe() -> typer.Exit:
+    # Point stdout at /dev/null so the interpreter's final flush cannot raise again.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return typer.Exit(EXIT_SIGPIPE)
+
+
+def handle_errors(func: F) -> F:
+    """Map library errors, closed pipes and interrupts to one line and an exit code."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except ZeroshotError as e:
+            raise _fail(str(e), e.exit_code) from None
+        except BrokenPipeError:
+            raise _quiet_broken_pipe() from None
+        except KeyboardInterrupt:
+            raise _fail("interrupted", 130) from None
+        except _Terminated:
+            raise _fail("terminated", 143) from None
+        except MemoryError:
+            raise _fail("out of memory (try a smaller --batch-size)", 1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+class _Terminated(BaseException):
+    """Raised from the SIGTERM handler so that cleanup (temporary files) runs as for Ctrl-C."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise _Terminated()
+
+
+class _StderrLineHandler(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            level = "warning" if record.levelno >= logging.WARNING else "note"
+            sys.stderr.write(f"zeroshot: {level}: {' '.join(record.getMessage().split())}\n")
+            sys.stderr.flush()
+        except Exception:  # never let a message break a run
+            pass
+
+
+def _setup_logging() -> None:
+    # open_clip logs through the root logger; a handler there keeps Python's last-resort
+    # stderr handler from printing its chatter. Our own messages go through "zeroshot".
+    logging.getLogger().addHandler(logging.NullHandler())
+    ours = logging.getLogger("zeroshot")
+    ours.handlers[:] = [_StderrLineHandler()]
+    ours.setLevel(logging.WARNING)
+    ours.propagate = False
+
+
+@app.callback()
+def _root() -> None:
+    """CLIP zero-shot image classification: labels in, JSON Lines out."""
+    _setup_logging()
+
+
+# --- shared options -----------------------------------------------------------------------------
+
+InputsArg = Annotated[
+    list[str] | None,
+    typer.Argument(
+        help="Image files, folders (searched recursively for images) or - to read paths from stdin."
+    ),
+]
+LabelsOpt = Annotated[
+    Path | None, typer.Option("--labels", "-l", help="UTF-8 file, one label per line ('#' lines ignored).")
+]
+LabelOpt = Annotated[list[str] | None, typer.Option("--label", help="A label; repeat for more.")]
+DatasetOpt = Annotated[
+    str | None, typer.Option("--dataset", "-d", help="A prompt pack: classes and templates (e.g. cifar10).")
+]
+TemplatesOpt = Annotated[
+    Path | None,
+    typer.Option("--templates", "-t", help="YAML file of templates with {label}; overrides the pack's."),
+]
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        "-m",
+        help="open_clip architecture (ViT-B-32, RN50, ...) or hf-hub:ORG/REPO. Env: ZEROSHOT_MODEL.",
+    ),
+]
+PretrainedOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--pretrained",
+        "-p",
+        help="open_clip pretrained tag (openai, ...) or a checkpoint file. Env: ZEROSHOT_PRETRAINED.",
+    ),
+]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+NoCacheOpt = Annotated[
+    bool, typer.Option("--no-cache", help="Neither read nor write the text-embedding cache.")
+]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display on stderr.")]
+
+
+def _prompt_set(
+    dataset: str | None, labels: Path | None, label: list[str] | None, templates: Path | None
+) -> Any:
+    from .prompts import resolve_prompt_set
+
+    return resolve_prompt_set(
+        dataset=dataset, labels_file=labels, labels=label or (), templates_file=templates
+    )
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _write_record(record: dict[str, Any]) -> None:
+    line = json.dumps(record, ensure_ascii=False)
+    try:
+        data = line.encode("utf-8")
+    except UnicodeEncodeError:  # a file name that is not valid UTF-8: escape it instead
+        data = json.dumps(record, ensure_ascii=True).encode("ascii")
+    out = sys.stdout.buffer
+    out.write(data + b"\n")
+    out.flush()
+
+
+# --- commands -----------------------------------------------------------------------------------
+
+
+@app.command()
+@handle_errors
+def classify(
+    inputs: InputsArg = None,
+    labels: LabelsOpt = None,
+    label: LabelOpt = None,
+    dataset: DatasetOpt = None,
+    templates: TemplatesOpt = None,
+    model: ModelOpt = None,
+    pretrained: PretrainedOpt = None,
+    device: DeviceOpt = "auto",
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per model call.")] = 32,
+    top_k: Annotated[
+        int, typer.Option("--top-k", "-k", min=1, help="Labels per record (at most the classes).")
+    ] = 5,
+    workers: Annotated[
+        int | None, typer.Option("--workers", min=1, help="Decoding threads (default: CPU count, at most 8).")
+    ] = None,
+    no_cache: NoCacheOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Classify images; one JSON record per input on stdout, in input order.
+
+    A record is {"path", "label", "score", "top_k": [{"label", "score"}, ...]} or {"path", "error"}.
+    Exit code 1 if any input could not be classified.
+    """
+    from .classifier import get_text_classifier
+    from .images import iter_inputs
+    from .models import load_model, resolve_device, resolve_spec
+    from .pipeline import classify_inputs
+
+    if not inputs:
+        raise UsageError("no inputs: give image files, folders, or - to read paths from stdin")
+    prompt_set = _prompt_set(dataset, labels, label, templates)
+    spec = resolve_spec(model, pretrained)
+    dev = resolve_device(device)
+    show = not quiet and sys.stderr.isatty()
+    console = _console() if show else None
+    if console is not None:
+        with console.status(f"loading {spec.label} on {dev}"):
+            loaded = load_model(spec, dev)
+    else:
+        loaded = load_model(spec, dev)
+    for note in loaded.notes:
+        logging.getLogger("zeroshot").info(note)
+    text = get_text_classifier(spec, prompt_set, lambda: loaded, use_cache=not no_cache, device=dev)
+
+    stream = iter_inputs(inputs, stdin=sys.stdin if "-" in inputs else None)
+    failed = total = 0
+    progress = None
+    task = None
+    if console is not None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        progress = Progress(
+            TextColumn("classifying"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            console=console, transient=True,
+        )  # fmt: skip
+        progress.start()
+        task = progress.add_task("classify", total=None)
+    try:
+        for record in classify_inputs(
+            loaded, text, stream, top_k=top_k, batch_size=batch_size, workers=workers
+        ):
+            _write_record(record)
+            total += 1
+            failed += "error" in record
+            if progress is not None and task is not None:
+                progress.advance(task)
+    finally:
+        if progress is not None:
+            progress.stop()
+    if failed:
+        if not quiet:
+            sys.stderr.write(f"zeroshot: {failed} of {total} inputs could not be classified\n")
+        raise typer.Exit(1)
+
+
+@app.command("build-prompts")
+@handle_errors
+def build_prompts(
+    labels: LabelsOpt = None,
+    label: LabelOpt = None,
+    dataset: DatasetOpt = None,
+    templates: TemplatesOpt = None,
+    model: ModelOpt = None,
+    pretrained: PretrainedOpt = None,
+    device: DeviceOpt = "auto",
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", "-b", min=1, help="Prompts per model call.")
+    ] = 256,
+    force: Annotated[
+        bool, typer.Option("--force", help="Rebuild even if the cache has this classifier.")
+    ] = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Build the text classifier (averaged prompt embeddings) and store it in the cache.
+
+    Prints one JSON record: what was built, the cache file, whether it was a cache hit, seconds.
+    """
+    from . import cache
+    from .classifier import get_text_classifier
+    from .models import load_model, resolve_device, resolve_spec
+
+    start = time.perf_counter()
+    prompt_set = _prompt_set(dataset, labels, label, templates)
+    spec = resolve_spec(model, pretrained)
+    show = not quiet and sys.stderr.isatty()
+    if force:
+        from .classifier import text_cache_key
+
+        path = cache.entry_path(cache.key_digest(text_cache_key(spec, prompt_set)))
+        path.unlink(missing_ok=True)
+
+    def load() -> Any:
+        dev = resolve_device(device)
+        if show:
+            with _console().status(f"encoding {len(prompt_set.all_prompts())} prompts with {spec.label}"):
+                return load_model(spec, dev)
+        return load_model(spec, dev)
+
+    text = get_text_classifier(spec, prompt_set, load, batch_size=batch_size)
+    _write_record(
+        {
+            "name": prompt_set.name,
+            "classes": len(prompt_set.classes),
+            "templates": len(prompt_set.templates),
+            "prompts": len(prompt_set.classes) * len(prompt_set.templates),
+            "model": spec.model,
+            "pretrained": spec.pretrained,
+            "cache_file": str(text.cache_path) if text.cache_path else None,
+            "cache_hit": text.cache_hit,
+            "seconds": round(time.perf_counter() - start, 4),
+        }
+    )
+
+
+@app.command()
+@handle_errors
+def models(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON record per architecture.")] = False,
+) -> None:
+    """List open_clip architectures and their known pretrained tags."""
+    from .models import list_models
+
+    for name, tags in list_models():
+        if as_json:
+            _write_record({"model": name, "pretrained": tags})
+        else:
+            sys.stdout.write(f"{name}\t{', '.join(tags) if tags else '-'}\n")
+    sys.stdout.flush()
+
+
+@app.command("cache")
+@handle_errors
+def cache_cmd(
+    clear: Annotated[bool, typer.Option("--clear", help="Delete every cache entry.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON instead of a table.")] = False,
+) -> None:
+    """Show the cache folder and its entries, or clear them."""
+    from . import cache
+
+    root = cache.cache_dir()
+    if clear:
+        count, freed = cache.clear()
+        _write_record({"cache_dir": str(root), "removed": count, "bytes_freed": freed})
+        return
+    entries = cache.list_entries()
+    if as_json:
+        _write_record(
+            {
+                "cache_dir": str(root),
+                "entries": [
+                    {
+                        "file": str(e.path),
+                        "bytes": e.size,
+                        **{k: v for k, v in e.meta.items() if k != "key"},
+                        **({"problem": e.problem} if e.problem else {}),
+                    }
+                    for e in entries
+                ],
+            }
+        )
+        return
+    summary = f"cache dir: {root} ({len(entries)} entries, {sum(e.size for e in entries):,} bytes)"
+    columns = ("created", "name", "model", "classes", "templates", "bytes", "file")
+    rows = [
+        (
+            e.meta.get("created", "?"), e.meta.get("name", e.problem or "?"), e.meta.get("model", "?"),
+            e.meta.get("classes", "?"), e.meta.get("templates", "?"), f"{e.size:,}", e.path.name,
+        )
+        for e in entries
+    ]  # fmt: skip
+    if not sys.stdout.isatty():  # plain tab-separated lines for scripts and pagers
+        sys.stdout.write(summary + "\n")
+        for row in [columns, *rows] if rows else []:
+            sys.stdout.write("\t".join(row) + "\n")
+        sys.stdout.flush()
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    out = Console()
+    out.print(summary, highlight=False)
+    if rows:
+        table = Table(*columns)
+        for row in rows:
+            table.add_row(*row)
+        out.print(table)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    app(prog_name="zeroshot")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,43 @@
+"""Errors a user can cause. Each carries the exit code the CLI maps it to.
+
+The library raises these and never exits; ``zeroshot.cli`` prints ``str(error)`` as one line on
+stderr and exits with ``error.exit_code``.
+"""
+
+from __future__ import annotations
+
+
+class ZeroshotError(Exception):
+    """Base class: a failure the user can act on. Exit code 1 (runtime failure)."""
+
+    exit_code = 1
+
+    def __str__(self) -> str:
+        # Always one line, whatever the underlying cause printed.
+        return " ".join(super().__str__().split())
+
+
+class UsageError(ZeroshotError):
+    """The command line or an input file given on it is wrong. Exit code 2."""
+
+    exit_code = 2
+
+
+class PromptError(UsageError):
+    """A labels file, templates file or prompt pack is invalid."""
+
+
+class UnknownDatasetError(UsageError):
+    """``--dataset NAME`` names no known pack."""
+
+
+class ModelLoadError(ZeroshotError):
+    """A model or its weights could not be resolved, fetched or loaded."""
+
+
+class UnsafeCheckpointError(ModelLoadError):
+    """A checkpoint file would need an unrestricted unpickler (it may run code)."""
+
+
+class CacheError(ZeroshotError):
+    """A cache entry could not be read or written."""

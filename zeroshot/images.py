@@ -1,0 +1,134 @@
+"""Finding inputs and decoding images.
+
+Inputs stream: directories are walked lazily (sorted within each folder), so a folder of 100k
+files starts producing records at once and nothing holds the whole list. Decoding honours EXIF
+orientation, then hands the image to the model's own open_clip preprocessing unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import IO, Any
+
+log = logging.getLogger("zeroshot")
+
+IMAGE_EXTENSIONS = frozenset(
+    {
+        ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".bmp", ".dib", ".webp", ".tif", ".tiff",
+        ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".ico", ".jp2", ".j2k", ".avif", ".heic", ".heif",
+    }
+)  # fmt: skip
+
+
+def is_image_name(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+@dataclass(frozen=True)
+class Input:
+    """One input path, as it will appear in the output record."""
+
+    path: str
+    missing: bool = False  # given explicitly but does not exist
+
+
+def _walk(root: str, seen: set[tuple[int, int]]) -> Iterator[str]:
+    """Image files under ``root``, depth first, names sorted; symlinked folders once each."""
+    try:
+        st = os.stat(root)
+    except OSError:
+        return
+    ident = (st.st_dev, st.st_ino)
+    if ident in seen:  # a symlink loop or a folder reached twice
+        return
+    seen.add(ident)
+    try:
+        with os.scandir(root) as it:
+            entries = sorted(it, key=lambda e: e.name)
+    except OSError as e:
+        log.warning("cannot list %s: %s", root, e.strerror or e)
+        return
+    for entry in entries:
+        try:
+            is_dir = entry.is_dir()  # follows symlinks
+        except OSError:
+            is_dir = False
+        if is_dir:
+            yield from _walk(entry.path, seen)
+        elif is_image_name(entry.name):
+            yield entry.path
+
+
+def iter_inputs(inputs: Iterable[str], stdin: IO[str] | None = None) -> Iterator[Input]:
+    """Expand the command line's inputs in order: files as given, folders recursively, ``-`` = stdin.
+
+    From stdin, each line is one path (a trailing newline and carriage return are removed).
+    """
+    for item in inputs:
+        if item == "-":
+            if stdin is None:
+                continue
+            for line in stdin:
+                path = line.rstrip("\n").rstrip("\r")
+                if path:
+                    yield from _expand(path)
+        else:
+            yield from _expand(item)
+
+
+def _expand(path: str) -> Iterator[Input]:
+    if os.path.isdir(path):
+        found = False
+        for image in _walk(path, set()):
+            found = True
+            yield Input(image)
+        if not found:
+            log.warning("no image files under %s", path)
+    else:
+        yield Input(path, missing=not os.path.lexists(path))
+
+
+class ImageError(Exception):
+    """An input that cannot be turned into an image; the message is the record's ``error``."""
+
+
+def open_image(path: str) -> Any:
+    """Decode a file fully, apply its EXIF orientation, and return the PIL image."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            oriented = ImageOps.exif_transpose(im)
+            if oriented is im:
+                oriented = im.copy()
+            return oriented
+    except FileNotFoundError:
+        raise ImageError("no such file") from None
+    except IsADirectoryError:
+        raise ImageError("is a directory") from None
+    except PermissionError:
+        raise ImageError("permission denied") from None
+    except UnidentifiedImageError:
+        raise ImageError("not an image (unrecognised format)") from None
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"refused: {e}") from None
+    except Exception as e:  # Pillow's decoders raise OSError, SyntaxError, ValueError, struct.error...
+        text = " ".join(str(e).split()) or type(e).__name__
+        if "truncated" in text.lower():
+            raise ImageError(f"truncated image ({text})") from None
+        raise ImageError(f"cannot decode image ({text})") from None
+
+
+def load_tensor(path: str, preprocess: Any) -> Any:
+    """The model-ready tensor for one file, or :class:`ImageError`."""
+    image = open_image(path)
+    try:
+        return preprocess(image)
+    except Exception as e:  # an image Pillow decoded but the transform cannot take
+        raise ImageError(
+            f"cannot preprocess image ({' '.join(str(e).split()) or type(e).__name__})"
+        ) from None
