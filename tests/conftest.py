@@ -46,9 +46,9 @@ def make_image(path: Path, seed: int, size=(96, 72), mode="RGB", fmt=None) -> Pa
     rng = np.random.default_rng(seed)
     w, h = size
     yy, xx = np.mgrid[0:h, 0:w]
-    base = np.stack(
-        [(xx * (seed + 3)) % 256, (yy * (seed + 5)) % 256, ((xx + yy) * (seed + 7)) % 256], axis=-1
-    ).astype(np.int16)
+    base = np.stack([(xx * (seed + 3)) % 256, (yy * (seed + 5)) % 256, ((xx + yy) * (seed + 7)) % 256], axis=-1).astype(
+        np.int16
+    )
     noise = rng.integers(-40, 40, size=base.shape)
     arr = np.clip(base + noise, 0, 255).astype(np.uint8)
     Image.fromarray(arr, "RGB").convert(mode).save(path, format=fmt)

@@ -102,9 +102,7 @@ def test_exif_orientation_is_honoured(checkpoint, tmp_path):
     stored.save(tmp_path / "rot.png")
     ignored = parse(invoke("classify", str(tmp_path / "rot.png"), *model_args(checkpoint)).stdout)[0]
     rot = {t["label"]: t["score"] for t in ignored["top_k"]}
-    assert max(abs(rot[k] - scores[2][k]) for k in LABELS) > 10 * max(
-        abs(scores[0][k] - scores[1][k]) for k in LABELS
-    )
+    assert max(abs(rot[k] - scores[2][k]) for k in LABELS) > 10 * max(abs(scores[0][k] - scores[1][k]) for k in LABELS)
 
 
 def test_odd_file_names_stay_valid_json_lines(checkpoint, tmp_path):
@@ -127,9 +125,7 @@ def test_head_closes_pipe_quietly(checkpoint, image_dir, tmp_path):
         f"{sys.executable} -m zeroshot classify {many} -m {ARCH} -p {checkpoint} --label cat --label dog -b 4"
         " | head -n 1"
     )
-    proc = subprocess.run(
-        ["bash", "-c", cmd], capture_output=True, text=True, env=dict(os.environ), timeout=300
-    )
+    proc = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, env=dict(os.environ), timeout=300)
     assert proc.returncode == 0
     assert len(proc.stdout.splitlines()) == 1 and json.loads(proc.stdout)["path"].endswith("000.png")
     assert proc.stderr == ""
@@ -144,11 +140,7 @@ def test_usage_errors_exit_2(checkpoint, image_dir):
     assert bad_device.exit_code == 2 and "--device tpu" in bad_device.stderr
     unknown = invoke("classify", str(image_dir), "--dataset", "cifar", "-m", ARCH, "-p", str(checkpoint))
     assert unknown.exit_code == 2
-    assert (
-        unknown.stderr.count("\n") == 1
-        and "known ones are" in unknown.stderr
-        and "cifar100" in unknown.stderr
-    )
+    assert unknown.stderr.count("\n") == 1 and "known ones are" in unknown.stderr and "cifar100" in unknown.stderr
 
 
 @pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root can read anything")

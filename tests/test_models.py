@@ -49,9 +49,7 @@ def one_line_error(proc):
 
 
 def test_default_model_without_network_is_one_line_exit_1(offline_env, image_dir):
-    proc = run_cli(
-        "classify", str(image_dir / "a.png"), "--label", "cat", "--label", "dog", env_extra=offline_env
-    )
+    proc = run_cli("classify", str(image_dir / "a.png"), "--label", "cat", "--label", "dog", env_extra=offline_env)
     assert proc.returncode == 1
     line = one_line_error(proc)
     assert "ViT-B-32 (openai)" in line and "no network" in line and "--pretrained FILE" in line

@@ -49,9 +49,7 @@ class Zeroshot:
         """The :class:`~zeroshot.classifier.TextClassifier` for ``prompt_set`` (cached on disk)."""
         from .classifier import get_text_classifier
 
-        return get_text_classifier(
-            self.spec, prompt_set, lambda: self.loaded, use_cache=use_cache, device=self.device
-        )
+        return get_text_classifier(self.spec, prompt_set, lambda: self.loaded, use_cache=use_cache, device=self.device)
 
     def classify(
         self, paths: Iterable[str], text: Any, *, top_k: int = 5, batch_size: int = 32

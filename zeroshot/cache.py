@@ -69,9 +69,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def key_text(key: dict[str, Any]) -> str:
     """Canonical JSON of a key: the same key always gives the same text and digest."""
-    return json.dumps(
-        {"format": FORMAT_VERSION, **key}, sort_keys=True, ensure_ascii=True, separators=(",", ":")
-    )
+    return json.dumps({"format": FORMAT_VERSION, **key}, sort_keys=True, ensure_ascii=True, separators=(",", ":"))
 
 
 def key_digest(text: str) -> str:

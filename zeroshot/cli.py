@@ -107,9 +107,7 @@ def _root() -> None:
 
 InputsArg = Annotated[
     list[str] | None,
-    typer.Argument(
-        help="Image files, folders (searched recursively for images) or - to read paths from stdin."
-    ),
+    typer.Argument(help="Image files, folders (searched recursively for images) or - to read paths from stdin."),
 ]
 LabelsOpt = Annotated[
     Path | None, typer.Option("--labels", "-l", help="UTF-8 file, one label per line ('#' lines ignored).")
@@ -139,26 +137,45 @@ PretrainedOpt = Annotated[
     ),
 ]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
-NoCacheOpt = Annotated[
-    bool, typer.Option("--no-cache", help="Neither read nor write the text-embedding cache.")
-]
+NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the text-embedding cache.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display on stderr.")]
+WorkersOpt = Annotated[
+    int | None, typer.Option("--workers", min=1, help="Decoding threads (default: CPU count, at most 8).")
+]
 
 
-def _prompt_set(
-    dataset: str | None, labels: Path | None, label: list[str] | None, templates: Path | None
-) -> Any:
+def _prompt_set(dataset: str | None, labels: Path | None, label: list[str] | None, templates: Path | None) -> Any:
     from .prompts import resolve_prompt_set
 
-    return resolve_prompt_set(
-        dataset=dataset, labels_file=labels, labels=label or (), templates_file=templates
-    )
+    return resolve_prompt_set(dataset=dataset, labels_file=labels, labels=label or (), templates_file=templates)
 
 
 def _console() -> Any:
     from rich.console import Console
 
     return Console(stderr=True)
+
+
+def _status(show: bool, message: str) -> Any:
+    """A spinner on stderr while something slow runs, only for people at a terminal."""
+    import contextlib
+
+    return _console().status(message) if show else contextlib.nullcontext()
+
+
+def _model_and_text(
+    prompt_set: Any, model: str | None, pretrained: str | None, device: str, no_cache: bool, show: bool
+) -> tuple[Any, Any]:
+    """Load the model (spinner for people) and get its text classifier from the cache or build it."""
+    from .classifier import get_text_classifier
+    from .models import load_model, resolve_device, resolve_spec
+
+    spec = resolve_spec(model, pretrained)
+    dev = resolve_device(device)
+    with _status(show, f"loading {spec.label} on {dev}"):
+        loaded = load_model(spec, dev)
+    text = get_text_classifier(spec, prompt_set, lambda: loaded, use_cache=not no_cache, device=dev)
+    return loaded, text
 
 
 def _write_record(record: dict[str, Any]) -> None:
@@ -187,12 +204,8 @@ def classify(
     pretrained: PretrainedOpt = None,
     device: DeviceOpt = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per model call.")] = 32,
-    top_k: Annotated[
-        int, typer.Option("--top-k", "-k", min=1, help="Labels per record (at most the classes).")
-    ] = 5,
-    workers: Annotated[
-        int | None, typer.Option("--workers", min=1, help="Decoding threads (default: CPU count, at most 8).")
-    ] = None,
+    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Labels per record (at most the classes).")] = 5,
+    workers: WorkersOpt = None,
     no_cache: NoCacheOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -201,26 +214,15 @@ def classify(
     A record is {"path", "label", "score", "top_k": [{"label", "score"}, ...]} or {"path", "error"}.
     Exit code 1 if any input could not be classified.
     """
-    from .classifier import get_text_classifier
     from .images import iter_inputs
-    from .models import load_model, resolve_device, resolve_spec
     from .pipeline import classify_inputs
 
     if not inputs:
         raise UsageError("no inputs: give image files, folders, or - to read paths from stdin")
     prompt_set = _prompt_set(dataset, labels, label, templates)
-    spec = resolve_spec(model, pretrained)
-    dev = resolve_device(device)
     show = not quiet and sys.stderr.isatty()
     console = _console() if show else None
-    if console is not None:
-        with console.status(f"loading {spec.label} on {dev}"):
-            loaded = load_model(spec, dev)
-    else:
-        loaded = load_model(spec, dev)
-    for note in loaded.notes:
-        logging.getLogger("zeroshot").info(note)
-    text = get_text_classifier(spec, prompt_set, lambda: loaded, use_cache=not no_cache, device=dev)
+    loaded, text = _model_and_text(prompt_set, model, pretrained, device, no_cache, show)
 
     stream = iter_inputs(inputs, stdin=sys.stdin if "-" in inputs else None)
     failed = total = 0
@@ -236,9 +238,7 @@ def classify(
         progress.start()
         task = progress.add_task("classify", total=None)
     try:
-        for record in classify_inputs(
-            loaded, text, stream, top_k=top_k, batch_size=batch_size, workers=workers
-        ):
+        for record in classify_inputs(loaded, text, stream, top_k=top_k, batch_size=batch_size, workers=workers):
             _write_record(record)
             total += 1
             failed += "error" in record
@@ -263,12 +263,8 @@ def build_prompts(
     model: ModelOpt = None,
     pretrained: PretrainedOpt = None,
     device: DeviceOpt = "auto",
-    batch_size: Annotated[
-        int, typer.Option("--batch-size", "-b", min=1, help="Prompts per model call.")
-    ] = 256,
-    force: Annotated[
-        bool, typer.Option("--force", help="Rebuild even if the cache has this classifier.")
-    ] = False,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Prompts per model call.")] = 256,
+    force: Annotated[bool, typer.Option("--force", help="Rebuild even if the cache has this classifier.")] = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Build the text classifier (averaged prompt embeddings) and store it in the cache.
@@ -290,11 +286,8 @@ def build_prompts(
         path.unlink(missing_ok=True)
 
     def load() -> Any:
-        dev = resolve_device(device)
-        if show:
-            with _console().status(f"encoding {len(prompt_set.all_prompts())} prompts with {spec.label}"):
-                return load_model(spec, dev)
-        return load_model(spec, dev)
+        with _status(show, f"loading {spec.label}"):
+            return load_model(spec, resolve_device(device))
 
     text = get_text_classifier(spec, prompt_set, load, batch_size=batch_size)
     _write_record(
@@ -312,6 +305,65 @@ def build_prompts(
     )
 
 
+@app.command("eval")
+@handle_errors
+def eval_cmd(
+    folder: Annotated[
+        Path | None, typer.Argument(help="Folder with one sub-folder of images per class (or use --dataset).")
+    ] = None,
+    labels: LabelsOpt = None,
+    label: LabelOpt = None,
+    dataset: DatasetOpt = None,
+    templates: TemplatesOpt = None,
+    model: ModelOpt = None,
+    pretrained: PretrainedOpt = None,
+    device: DeviceOpt = "auto",
+    data_dir: Annotated[
+        Path | None,
+        typer.Option("--data-dir", help="Folder with the dataset's IDX files (default: Debian's location)."),
+    ] = None,
+    split: Annotated[str, typer.Option("--split", help="IDX split: test or train.")] = "test",
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Evaluate only the first N images.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per model call.")] = 64,
+    workers: WorkersOpt = None,
+    no_cache: NoCacheOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Measure accuracy on labelled images; prints one JSON record.
+
+    The record has top-1, top-5, per-class recall, the confusion matrix (rows: true class, columns:
+    predicted) and the top-1 of each template alone next to the ensemble's. Exit code 1 if any
+    image could not be read (the record still covers the others).
+    """
+    from .evaluate import folder_classes, run_eval
+    from .prompts import resolve_prompt_set
+
+    if folder is None and dataset is None:
+        raise UsageError("give a FOLDER of class sub-folders, or --dataset fashion-mnist")
+    if folder is None and not (dataset or "").lower().replace("_", "-").startswith("fashion-mnist"):
+        raise UsageError(
+            f"--dataset {dataset} without a FOLDER: only fashion-mnist can be read from its IDX files; "
+            "give a FOLDER with one sub-folder per class"
+        )
+    if folder is not None and dataset is None and labels is None and not label:
+        # Classes are the sub-folder names, in sorted order.
+        prompt_set = resolve_prompt_set(labels=folder_classes(folder), templates_file=templates)
+    else:
+        prompt_set = _prompt_set(dataset, labels, label, templates)
+    show = not quiet and sys.stderr.isatty()
+    loaded, text = _model_and_text(prompt_set, model, pretrained, device, no_cache, show)
+    with _status(show, "evaluating"):
+        record, failed = run_eval(
+            loaded, text, folder=folder, idx_dir=data_dir, split=split, limit=limit,
+            batch_size=batch_size, workers=workers,
+        )  # fmt: skip
+    if failed:
+        record["errors"] = failed
+    _write_record(record)
+    if failed:
+        raise typer.Exit(1)
+
+
 @app.command()
 @handle_errors
 def models(
@@ -320,11 +372,11 @@ def models(
     """List open_clip architectures and their known pretrained tags."""
     from .models import list_models
 
-    for name, tags in list_models():
+    for name, tags, note in list_models():
         if as_json:
-            _write_record({"model": name, "pretrained": tags})
+            _write_record({"model": name, "pretrained": tags, **({"description": note} if note else {})})
         else:
-            sys.stdout.write(f"{name}\t{', '.join(tags) if tags else '-'}\n")
+            sys.stdout.write(f"{name}\t{', '.join(tags) if tags else '-'}{chr(9) + note if note else ''}\n")
     sys.stdout.flush()
 
 

@@ -129,6 +129,4 @@ def load_tensor(path: str, preprocess: Any) -> Any:
     try:
         return preprocess(image)
     except Exception as e:  # an image Pillow decoded but the transform cannot take
-        raise ImageError(
-            f"cannot preprocess image ({' '.join(str(e).split()) or type(e).__name__})"
-        ) from None
+        raise ImageError(f"cannot preprocess image ({' '.join(str(e).split()) or type(e).__name__})") from None

@@ -31,6 +31,26 @@ NON_PICKLE_SUFFIXES = (".safetensors", ".npz", ".npy")
 
 log = logging.getLogger("zeroshot")
 
+# The demo model that ships inside the package (see training/train_fashion_mini.py).
+BUNDLED_NAME = "fashion-mini"
+BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
+BUNDLED_WEIGHTS = BUNDLED_DIR / "fashion-mini.safetensors"
+BUNDLED_DESCRIPTION = (
+    "zeroshot's own small CLIP, trained on Fashion-MNIST: it knows 10 kinds of clothing "
+    "(prompt pack fashion-mnist) and nothing else"
+)
+_registered = False
+
+
+def register_bundled() -> None:
+    """Make open_clip's factory know the bundled config, so it builds the model like any other."""
+    global _registered
+    if not _registered:
+        import open_clip
+
+        open_clip.add_model_config(BUNDLED_DIR)
+        _registered = True
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -67,6 +87,8 @@ def resolve_spec(model: str | None = None, pretrained: str | None = None) -> Mod
             raise ModelLoadError(f"model folder not found: {ident}")
         return ModelSpec(name, None, kind)
     weights = pretrained or (env_pretrained if model is None or env_model == model else None)
+    if weights is None and name == BUNDLED_NAME:
+        return ModelSpec(name, str(BUNDLED_WEIGHTS), "file")
     if weights is None:
         weights = _default_tag(name)
     if looks_like_path(weights):
@@ -137,9 +159,7 @@ def weights_identity(spec: ModelSpec, memo_dir: Path | None = None) -> dict[str,
         return {"kind": "file", "sha256": file_sha256(spec.pretrained, memo_dir)}
     if spec.kind == "local-dir":
         folder = Path(spec.model.split(":", 1)[1])
-        files = sorted(
-            p for p in folder.iterdir() if p.is_file() and p.suffix in (".json", *CHECKPOINT_SUFFIXES)
-        )
+        files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in (".json", *CHECKPOINT_SUFFIXES))
         return {"kind": "local-dir", "files": {p.name: file_sha256(p, memo_dir) for p in files}}
     if spec.kind == "hf-hub":
         # The repository's current revision is what open_clip downloads; pin a revision on the Hub
@@ -194,9 +214,7 @@ def resolve_device(device: str | None) -> str:
         if choice != "cuda":
             index = choice.split(":", 1)[1]
             if not index.isdigit() or int(index) >= torch.cuda.device_count():
-                raise UsageError(
-                    f"--device {device}: no such GPU (this machine has {torch.cuda.device_count()})"
-                )
+                raise UsageError(f"--device {device}: no such GPU (this machine has {torch.cuda.device_count()})")
         return choice
     raise UsageError(f"--device {device}: expected auto, cpu, cuda or cuda:N")
 
@@ -301,6 +319,7 @@ def load_model(spec: ModelSpec, device: str = "cpu") -> LoadedModel:
     """
     import open_clip
 
+    register_bundled()
     kwargs: dict[str, Any] = {}
     notes: list[str] = []
     offline = False
@@ -348,9 +367,7 @@ def load_model(spec: ModelSpec, device: str = "cpu") -> LoadedModel:
     except Exception as e:
         raise _load_failure(spec, e, offline) from None
     model.eval()
-    return LoadedModel(
-        spec=spec, model=model, preprocess=preprocess, tokenizer=tokenizer, device=device, notes=notes
-    )
+    return LoadedModel(spec=spec, model=model, preprocess=preprocess, tokenizer=tokenizer, device=device, notes=notes)
 
 
 def _unknown_model(name: str) -> ModelLoadError:
@@ -385,8 +402,13 @@ def _load_failure(spec: ModelSpec, e: BaseException, offline: bool) -> ModelLoad
     return ModelLoadError(f"cannot load {what}: {_first_line(e)}")
 
 
-def list_models() -> list[tuple[str, list[str]]]:
-    """Every open_clip architecture with its known pretrained tags."""
+def list_models() -> list[tuple[str, list[str], str]]:
+    """The bundled model, then every open_clip architecture: (name, known pretrained tags, note)."""
     import open_clip
 
-    return [(name, list(open_clip.list_pretrained_tags_by_model(name))) for name in open_clip.list_models()]
+    register_bundled()
+    rows = [(BUNDLED_NAME, ["bundled"], BUNDLED_DESCRIPTION)]
+    for name in open_clip.list_models():
+        if name != BUNDLED_NAME:
+            rows.append((name, list(open_clip.list_pretrained_tags_by_model(name)), ""))
+    return rows

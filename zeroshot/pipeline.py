@@ -7,10 +7,11 @@ so memory stays bounded however many inputs there are.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 from .classifier import TextClassifier
 from .images import ImageError, Input, load_tensor
@@ -18,6 +19,7 @@ from .models import LoadedModel
 from .ranking import error_record, probabilities, records
 
 Decoded = tuple[Input, Any, str | None]  # (input, tensor or None, error or None)
+T = TypeVar("T")
 
 
 def default_workers() -> int:
@@ -34,21 +36,23 @@ def _decode(inp: Input, preprocess: Any) -> tuple[Any, str | None]:
 
 
 def decode_stream(
-    inputs: Iterable[Input], preprocess: Any, workers: int, lookahead: int
-) -> Iterator[Decoded]:
-    """Decode inputs concurrently, yielding results in input order with at most ``lookahead`` in flight."""
+    items: Iterable[T], decode: Callable[[T], tuple[Any, str | None]], workers: int, lookahead: int
+) -> Iterator[tuple[T, Any, str | None]]:
+    """Run ``decode`` over items concurrently, yielding (item, tensor, error) in input order.
+
+    At most ``lookahead`` items are in flight, so memory stays bounded for any number of items.
+    """
     if workers <= 1:
-        for inp in inputs:
-            tensor, err = _decode(inp, preprocess)
-            yield inp, tensor, err
+        for item in items:
+            yield (item, *decode(item))
         return
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="zeroshot-decode") as pool:
-        queue: deque[tuple[Input, Any]] = deque()
+        queue: deque[tuple[T, Any]] = deque()
         try:
-            for inp in inputs:
-                queue.append((inp, pool.submit(_decode, inp, preprocess)))
+            for item in items:
+                queue.append((item, pool.submit(decode, item)))
                 if len(queue) >= lookahead:
                     head, fut = queue.popleft()
                     yield (head, *fut.result())
@@ -58,6 +62,10 @@ def decode_stream(
         finally:
             for _, fut in queue:  # stopped early (closed pipe, interrupt): drop what is queued
                 fut.cancel()
+
+
+def lookahead_for(batch_size: int, workers: int) -> int:
+    return max(2 * batch_size, 4 * workers)
 
 
 def classify_inputs(
@@ -96,7 +104,8 @@ def classify_inputs(
                 on_record(rec)
             yield rec
 
-    for item in decode_stream(inputs, loaded.preprocess, workers, lookahead=max(2 * batch_size, 4 * workers)):
+    decode = functools.partial(_decode, preprocess=loaded.preprocess)
+    for item in decode_stream(inputs, decode, workers, lookahead_for(batch_size, workers)):
         pending.append(item)
         if item[1] is not None:
             good += 1

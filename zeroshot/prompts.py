@@ -66,16 +66,12 @@ def _check_strings(items: Any, what: str, where: str, *, allow_empty: bool = Fal
     out: list[str] = []
     for i, item in enumerate(items, 1):
         if not isinstance(item, str):
-            raise PromptError(
-                f"{where}: {what} #{i} is {type(item).__name__} {item!r}, not text (quote it in YAML)"
-            )
+            raise PromptError(f"{where}: {what} #{i} is {type(item).__name__} {item!r}, not text (quote it in YAML)")
         text = " ".join(item.split())  # a newline or run of spaces inside a name is not meaningful
         if not text:
             raise PromptError(f"{where}: {what} #{i} is blank")
         if len(text) > MAX_LABEL_CHARS:
-            raise PromptError(
-                f"{where}: {what} #{i} is {len(text)} characters long (limit {MAX_LABEL_CHARS})"
-            )
+            raise PromptError(f"{where}: {what} #{i} is {len(text)} characters long (limit {MAX_LABEL_CHARS})")
         out.append(text)
     return out
 
@@ -106,9 +102,7 @@ def validate_templates(items: Any, where: str) -> tuple[str, ...]:
         if PLACEHOLDER not in item:
             raise PromptError(f"{where}: template #{i} {item!r} has no {PLACEHOLDER} placeholder")
         if len(item) > MAX_LABEL_CHARS:
-            raise PromptError(
-                f"{where}: template #{i} is {len(item)} characters long (limit {MAX_LABEL_CHARS})"
-            )
+            raise PromptError(f"{where}: template #{i} is {len(item)} characters long (limit {MAX_LABEL_CHARS})")
         templates.append(item)
     _check_unique(templates, "template", where)
     return tuple(templates)
@@ -277,9 +271,7 @@ def resolve_prompt_set(
     elif pack is not None and pack.classes:
         classes = pack.classes
     elif pack is not None:
-        raise PromptError(
-            f"{pack.origin}: pack '{pack.name}' has no classes; give --labels FILE or --label TEXT"
-        )
+        raise PromptError(f"{pack.origin}: pack '{pack.name}' has no classes; give --labels FILE or --label TEXT")
     else:
         raise PromptError("no classes: give --labels FILE, --label TEXT (repeatable) or --dataset NAME")
 

@@ -1,0 +1,201 @@
+"""Accuracy on labelled images: top-1/top-5, per-class recall, confusion, and per-template top-1.
+
+Labelled images come from a folder with one sub-folder per class, or from a dataset's IDX files
+(Fashion-MNIST). Image embeddings are computed once; the ensemble classifier and every
+single-template classifier are then scored on the same embeddings, so "ensembling helps" is
+measured, not assumed.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .classifier import TextClassifier, encode_prompt_set
+from .errors import UsageError
+from .images import ImageError, _walk, load_tensor
+from .models import LoadedModel
+from .pipeline import decode_stream, default_workers, lookahead_for
+from .prompts import PromptSet
+
+
+@dataclass(frozen=True)
+class Labelled:
+    """One labelled image: a file path, or an index into an in-memory array of images."""
+
+    key: str | int
+    label: int
+
+
+def _norm(name: str) -> str:
+    """Folder names cannot hold '/', so 't-shirt/top' must match a folder 't-shirt_top'."""
+    return re.sub(r"[^0-9a-z]+", "", name.lower())
+
+
+def folder_classes(folder: Path) -> list[str]:
+    if not folder.is_dir():
+        raise UsageError(f"{folder}: not a folder (eval needs one sub-folder per class)")
+    subs = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not subs:
+        raise UsageError(f"{folder}: no class sub-folders")
+    return subs
+
+
+def folder_items(folder: Path, classes: tuple[str, ...]) -> Iterator[Labelled]:
+    """Images under each class sub-folder, labelled by the class its folder name matches."""
+    index = {_norm(c): i for i, c in enumerate(classes)}
+    subs = folder_classes(folder)
+    unknown = [s for s in subs if _norm(s) not in index]
+    if unknown:
+        raise UsageError(
+            f"{folder}: sub-folder(s) {', '.join(unknown)} match no class; classes are: {', '.join(classes)}"
+        )
+    for sub in subs:
+        for path in _walk(str(folder / sub), set()):
+            yield Labelled(path, index[_norm(sub)])
+
+
+def image_features(
+    loaded: LoadedModel,
+    items: Iterable[Labelled],
+    array: Any = None,
+    *,
+    batch_size: int = 64,
+    workers: int | None = None,
+) -> tuple[Any, Any, list[dict[str, str]]]:
+    """(normalized features [N, D], labels [N], failures) for the items that decoded."""
+    import torch
+    import torch.nn.functional as F
+    from PIL import Image
+
+    def decode(item: Labelled) -> tuple[Any, str | None]:
+        try:
+            if isinstance(item.key, int):
+                return loaded.preprocess(Image.fromarray(array[item.key], "L")), None
+            return load_tensor(item.key, loaded.preprocess), None
+        except ImageError as e:
+            return None, str(e)
+
+    workers = default_workers() if workers is None else workers
+    feats, labels, failed = [], [], []
+    batch: list[Any] = []
+    batch_labels: list[int] = []
+
+    def flush() -> None:
+        with torch.inference_mode():
+            x = torch.stack(batch).to(loaded.device)
+            feats.append(F.normalize(loaded.model.encode_image(x).float(), dim=-1).cpu())
+        labels.extend(batch_labels)
+        batch.clear()
+        batch_labels.clear()
+
+    for item, tensor, err in decode_stream(items, decode, workers, lookahead_for(batch_size, workers)):
+        if tensor is None:
+            failed.append({"path": str(item.key), "error": err or "unknown error"})
+            continue
+        batch.append(tensor)
+        batch_labels.append(item.label)
+        if len(batch) >= batch_size:
+            flush()
+    if batch:
+        flush()
+    dim = feats[0].shape[1] if feats else 0
+    return (torch.cat(feats) if feats else torch.empty(0, dim)), torch.tensor(labels, dtype=torch.long), failed
+
+
+def _top1(feats: Any, weights: Any, labels: Any) -> float:
+    return float((feats @ weights.T).argmax(dim=1).eq(labels).float().mean()) if len(labels) else 0.0
+
+
+def evaluate(
+    loaded: LoadedModel,
+    text: TextClassifier,
+    feats: Any,
+    labels: Any,
+    *,
+    per_template: bool = True,
+) -> dict[str, Any]:
+    """Accuracy figures of ``text`` on labelled features, plus each template alone."""
+    import torch
+
+    prompt_set: PromptSet = text.prompt_set
+    classes = list(prompt_set.classes)
+    n, c = len(labels), len(classes)
+    weights = text.weights.to(feats.device) if hasattr(text.weights, "to") else torch.from_numpy(text.weights)
+    sims = feats @ weights.T
+    k = min(5, c)
+    topk = sims.topk(k, dim=1).indices if n else torch.empty(0, k, dtype=torch.long)
+    pred = topk[:, 0] if n else torch.empty(0, dtype=torch.long)
+    confusion = torch.zeros(c, c, dtype=torch.long)
+    if n:
+        confusion.index_put_((labels, pred), torch.ones(n, dtype=torch.long), accumulate=True)
+    support = confusion.sum(1)
+    recall = {
+        cls: (float(confusion[i, i]) / float(support[i]) if support[i] else None) for i, cls in enumerate(classes)
+    }
+    present = [r for r in recall.values() if r is not None]
+    out: dict[str, Any] = {
+        "images": n,
+        "classes": classes,
+        "templates": len(prompt_set.templates),
+        "top1": float(pred.eq(labels).float().mean()) if n else 0.0,
+        f"top{k}": float(topk.eq(labels[:, None]).any(dim=1).float().mean()) if n else 0.0,
+        "mean_per_class_recall": sum(present) / len(present) if present else 0.0,
+        "per_class_recall": recall,
+        "confusion_matrix": confusion.tolist(),
+    }
+    if per_template and len(prompt_set.templates) > 1:
+        singles = {}
+        for template in prompt_set.templates:
+            one = PromptSet(name=template, classes=prompt_set.classes, templates=(template,))
+            singles[template] = _top1(feats, encode_prompt_set(loaded, one).to(feats.device).float(), labels)
+        mean = sum(singles.values()) / len(singles)
+        out["template_top1"] = singles
+        out["template_top1_mean"] = mean
+        out["template_top1_best"] = max(singles.values())
+        out["ensemble_minus_template_mean"] = out["top1"] - mean
+    return out
+
+
+def run_eval(
+    loaded: LoadedModel,
+    text: TextClassifier,
+    *,
+    folder: Path | None,
+    idx_dir: Path | None,
+    split: str,
+    limit: int | None,
+    batch_size: int,
+    workers: int | None,
+) -> tuple[dict[str, Any], list[dict[str, str]]]:
+    """Evaluate on a folder or on IDX files; returns (record, failures)."""
+    import itertools
+
+    start = time.perf_counter()
+    array = None
+    if folder is not None:
+        items: Iterable[Labelled] = folder_items(folder, text.prompt_set.classes)
+        source = str(folder)
+    else:
+        from .idx import load_split
+
+        array, raw = load_split(idx_dir, split)
+        if int(raw.max()) >= len(text.prompt_set.classes):
+            raise UsageError(f"labels go up to {int(raw.max())} but there are {len(text.prompt_set.classes)} classes")
+        items = (Labelled(i, int(y)) for i, y in enumerate(raw))
+        source = f"{text.prompt_set.name} ({split} split)"
+    if limit:
+        items = itertools.islice(items, limit)
+    feats, labels, failed = image_features(loaded, items, array, batch_size=batch_size, workers=workers)
+    record: dict[str, Any] = {"dataset": source, "model": loaded.spec.model, "pretrained": loaded.spec.pretrained}
+    record.update(evaluate(loaded, text, feats, labels))
+    record["failed"] = len(failed)
+    record["seconds"] = round(time.perf_counter() - start, 2)
+    return record, failed
+
+
+__all__ = ["Labelled", "evaluate", "folder_classes", "folder_items", "image_features", "run_eval"]
