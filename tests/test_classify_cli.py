@@ -149,3 +149,19 @@ def test_unreadable_file_is_an_error_record(checkpoint, image_dir, tmp_path):
     locked.chmod(0)
     records = parse(invoke("classify", str(locked), *model_args(checkpoint)).stdout)
     assert records == [{"path": str(locked), "error": "permission denied"}]
+
+
+def test_high_bit_depth_images_match_their_8bit_version(checkpoint, tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    grey = rng.integers(0, 256, (80, 100)).astype(np.uint8)
+    Image.fromarray(grey, "L").save(tmp_path / "grey8.png")
+    Image.fromarray(grey.astype(np.uint16) * 257).save(tmp_path / "grey16.png")  # mode I;16
+    Image.fromarray(grey.astype(np.float32) / 255).save(tmp_path / "greyf.tif")  # mode F, 0..1
+    assert Image.open(tmp_path / "grey16.png").mode == "I;16"
+    paths = [str(tmp_path / n) for n in ("grey8.png", "grey16.png", "greyf.tif")]
+    records = parse(invoke("classify", *paths, *model_args(checkpoint)).stdout)
+    tops = [r["top_k"] for r in records]
+    assert tops[1] == tops[0]
+    assert all(abs(a["score"] - b["score"]) < 1e-6 for a, b in zip(tops[2], tops[0], strict=True))

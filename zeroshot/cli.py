@@ -87,6 +87,14 @@ class _StderrLineHandler(logging.Handler):
             pass
 
 
+def _setup_warnings() -> None:
+    import warnings
+
+    # Pillow warns (multi-line, on stderr) about large images and odd palettes; the image is still
+    # decoded, or fails with an error record, so the warning says nothing the user can act on.
+    warnings.filterwarnings("ignore", module=r"PIL\.")
+
+
 def _setup_logging() -> None:
     # open_clip logs through the root logger; a handler there keeps Python's last-resort
     # stderr handler from printing its chatter. Our own messages go through "zeroshot".
@@ -101,6 +109,7 @@ def _setup_logging() -> None:
 def _root() -> None:
     """CLIP zero-shot image classification: labels in, JSON Lines out."""
     _setup_logging()
+    _setup_warnings()
 
 
 # --- shared options -----------------------------------------------------------------------------

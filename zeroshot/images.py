@@ -95,6 +95,33 @@ class ImageError(Exception):
     """An input that cannot be turned into an image; the message is the record's ``error``."""
 
 
+def to_8bit(im: Any) -> Any:
+    """High-bit-depth greyscale (16-bit, 32-bit int, float) as 8-bit 'L', scaled by its type's range.
+
+    Pillow's own ``convert("RGB")`` clips these to 0..255, which turns a 16-bit PNG white and a
+    0..1 float image black. 16-bit data is divided by 257 (65535 -> 255), so a 16-bit image made
+    from an 8-bit one comes back exactly; 32-bit ints are read as 16-bit data unless they exceed
+    it; floats in 0..1 are scaled by 255. Other modes are returned unchanged.
+    """
+    if not (im.mode.startswith("I") or im.mode == "F"):
+        return im
+    import numpy as np
+    from PIL import Image
+
+    arr = np.asarray(im, dtype=np.float64)
+    arr = np.nan_to_num(arr, nan=0.0, posinf=0.0, neginf=0.0)
+    top = float(arr.max()) if arr.size else 0.0
+    if im.mode == "F":
+        scale = 255.0 if top <= 1.0 else 1.0
+    elif im.mode.startswith("I;16") or 255 < top <= 65535:
+        scale = 1 / 257
+    elif top <= 255:
+        scale = 1.0
+    else:
+        scale = 255.0 / top
+    return Image.fromarray(np.clip(np.rint(arr * scale), 0, 255).astype(np.uint8), "L")
+
+
 def open_image(path: str) -> Any:
     """Decode a file fully, apply its EXIF orientation, and return the PIL image."""
     from PIL import Image, ImageOps, UnidentifiedImageError
@@ -105,7 +132,7 @@ def open_image(path: str) -> Any:
             oriented = ImageOps.exif_transpose(im)
             if oriented is im:
                 oriented = im.copy()
-            return oriented
+            return to_8bit(oriented)
     except FileNotFoundError:
         raise ImageError("no such file") from None
     except IsADirectoryError:
