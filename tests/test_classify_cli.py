@@ -165,3 +165,17 @@ def test_high_bit_depth_images_match_their_8bit_version(checkpoint, tmp_path):
     tops = [r["top_k"] for r in records]
     assert tops[1] == tops[0]
     assert all(abs(a["score"] - b["score"]) < 1e-6 for a, b in zip(tops[2], tops[0], strict=True))
+
+
+def test_symlink_loop_in_a_folder_is_walked_once(checkpoint, tmp_path):
+    root = tmp_path / "loop"
+    (root / "sub").mkdir(parents=True)
+    make_image(root / "a.png", 1)
+    make_image(root / "sub" / "b.png", 2)
+    (root / "sub" / "back").symlink_to(root, target_is_directory=True)
+    (root / "self").symlink_to(root / "sub", target_is_directory=True)
+    result = invoke("classify", str(root), *model_args(checkpoint))
+    assert result.exit_code == 0, result.output
+    paths = [r["path"] for r in parse(result.stdout)]
+    # b.png is reached through 'self' (sorted before 'sub'), and the loops are not followed again.
+    assert paths == [str(root / "a.png"), str(root / "self" / "b.png")]

@@ -17,7 +17,7 @@ from typing import Any
 
 from .classifier import TextClassifier, encode_prompt_set
 from .errors import UsageError
-from .images import ImageError, _walk, load_tensor
+from .images import ImageError, walk_images, load_tensor
 from .models import LoadedModel
 from .pipeline import decode_stream, default_workers, lookahead_for
 from .prompts import PromptSet
@@ -55,8 +55,8 @@ def folder_items(folder: Path, classes: tuple[str, ...]) -> Iterator[Labelled]:
             f"{folder}: sub-folder(s) {', '.join(unknown)} match no class; classes are: {', '.join(classes)}"
         )
     for sub in subs:
-        for path in _walk(str(folder / sub), set()):
-            yield Labelled(path, index[_norm(sub)])
+        for inp in walk_images(str(folder / sub), set()):
+            yield Labelled(inp.path, index[_norm(sub)])
 
 
 def image_features(

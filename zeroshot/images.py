@@ -32,11 +32,14 @@ class Input:
     """One input path, as it will appear in the output record."""
 
     path: str
-    missing: bool = False  # given explicitly but does not exist
+    error: str | None = None  # known before decoding: missing file, unreadable folder
 
 
-def _walk(root: str, seen: set[tuple[int, int]]) -> Iterator[str]:
-    """Image files under ``root``, depth first, names sorted; symlinked folders once each."""
+def walk_images(root: str, seen: set[tuple[int, int]]) -> Iterator[Input]:
+    """Image files under ``root``, depth first, names sorted; symlinked folders once each.
+
+    A folder that cannot be listed becomes one input carrying the error, so it is reported.
+    """
     try:
         st = os.stat(root)
     except OSError:
@@ -49,7 +52,7 @@ def _walk(root: str, seen: set[tuple[int, int]]) -> Iterator[str]:
         with os.scandir(root) as it:
             entries = sorted(it, key=lambda e: e.name)
     except OSError as e:
-        log.warning("cannot list %s: %s", root, e.strerror or e)
+        yield Input(root, error=f"cannot list folder ({e.strerror or e})")
         return
     for entry in entries:
         try:
@@ -57,9 +60,9 @@ def _walk(root: str, seen: set[tuple[int, int]]) -> Iterator[str]:
         except OSError:
             is_dir = False
         if is_dir:
-            yield from _walk(entry.path, seen)
+            yield from walk_images(entry.path, seen)
         elif is_image_name(entry.name):
-            yield entry.path
+            yield Input(entry.path)
 
 
 def iter_inputs(inputs: Iterable[str], stdin: IO[str] | None = None) -> Iterator[Input]:
@@ -82,13 +85,13 @@ def iter_inputs(inputs: Iterable[str], stdin: IO[str] | None = None) -> Iterator
 def _expand(path: str) -> Iterator[Input]:
     if os.path.isdir(path):
         found = False
-        for image in _walk(path, set()):
+        for inp in walk_images(path, set()):
             found = True
-            yield Input(image)
+            yield inp
         if not found:
             log.warning("no image files under %s", path)
     else:
-        yield Input(path, missing=not os.path.lexists(path))
+        yield Input(path, error=None if os.path.lexists(path) else "no such file")
 
 
 class ImageError(Exception):

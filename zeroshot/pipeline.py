@@ -27,8 +27,8 @@ def default_workers() -> int:
 
 
 def _decode(inp: Input, preprocess: Any) -> tuple[Any, str | None]:
-    if inp.missing:
-        return None, "no such file"
+    if inp.error is not None:
+        return None, inp.error
     try:
         return load_tensor(inp.path, preprocess), None
     except ImageError as e:
