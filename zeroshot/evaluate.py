@@ -17,7 +17,7 @@ from typing import Any
 
 from .classifier import TextClassifier, encode_prompt_set
 from .errors import UsageError
-from .images import ImageError, walk_images, load_tensor
+from .images import ImageError, load_tensor, walk_images
 from .models import LoadedModel
 from .pipeline import decode_stream, default_workers, lookahead_for
 from .prompts import PromptSet
