@@ -136,6 +136,9 @@ def test_cache_command_lists_and_clears(checkpoint):
     cleared = json.loads(CliRunner().invoke(app, ["cache", "--clear"]).stdout)
     assert cleared["removed"] >= 1
     assert json.loads(CliRunner().invoke(app, ["cache", "--json"]).stdout)["entries"] == []
+    build(checkpoint)
+    assert json.loads(CliRunner().invoke(app, ["cache", "clear"]).stdout)["removed"] >= 1
+    assert CliRunner().invoke(app, ["cache", "wipe"]).exit_code == 2
 
 
 def test_classify_uses_and_fills_the_same_cache(checkpoint, image_dir):

@@ -392,14 +392,17 @@ def models(
 @app.command("cache")
 @handle_errors
 def cache_cmd(
-    clear: Annotated[bool, typer.Option("--clear", help="Delete every cache entry.")] = False,
+    action: Annotated[str | None, typer.Argument(help="show (default) or clear.")] = None,
+    clear: Annotated[bool, typer.Option("--clear", help="Delete every cache entry (same as 'clear').")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="JSON instead of a table.")] = False,
 ) -> None:
     """Show the cache folder and its entries, or clear them."""
     from . import cache
 
+    if action not in (None, "show", "clear"):
+        raise UsageError(f"unknown cache action '{action}': use show or clear")
     root = cache.cache_dir()
-    if clear:
+    if clear or action == "clear":
         count, freed = cache.clear()
         _write_record({"cache_dir": str(root), "removed": count, "bytes_freed": freed})
         return
