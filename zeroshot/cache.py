@@ -26,6 +26,7 @@ from .errors import CacheError
 FORMAT_VERSION = 1
 TEXT_SUBDIR = "text"
 HASH_SUBDIR = "hashes"
+IMAGE_SUBDIR = "images"  # see imagecache.py
 SUFFIX = ".safetensors"
 # Rows of a stored classifier are unit vectors; anything further off was not written by us.
 NORM_TOLERANCE = 1e-3
@@ -180,13 +181,13 @@ def list_entries() -> list[EntryInfo]:
 
 
 def clear() -> tuple[int, int]:
-    """Delete every cache file (entries, checkpoint hash memos, stray temporaries).
+    """Delete every cache file (text entries, image embeddings, checkpoint hash memos, temporaries).
 
     Returns (files removed, bytes freed).
     """
     root = cache_dir()
     count = freed = 0
-    for sub in (TEXT_SUBDIR, HASH_SUBDIR):
+    for sub in (TEXT_SUBDIR, IMAGE_SUBDIR, HASH_SUBDIR):
         folder = root / sub
         if not folder.is_dir():
             continue

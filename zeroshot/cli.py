@@ -216,6 +216,13 @@ def classify(
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Labels per record (at most the classes).")] = 5,
     workers: WorkersOpt = None,
     no_cache: NoCacheOpt = False,
+    cache_images: Annotated[
+        bool,
+        typer.Option(
+            "--cache-images",
+            help="Store image embeddings by file content, so re-running with new labels skips the image model.",
+        ),
+    ] = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Classify images; one JSON record per input on stdout, in input order.
@@ -232,6 +239,11 @@ def classify(
     show = not quiet and sys.stderr.isatty()
     console = _console() if show else None
     loaded, text = _model_and_text(prompt_set, model, pretrained, device, no_cache, show)
+    image_cache = None
+    if cache_images:
+        from .imagecache import ImageEmbeddingCache, image_cache_key
+
+        image_cache = ImageEmbeddingCache(image_cache_key(loaded), loaded.embed_dim)
 
     stream = iter_inputs(inputs, stdin=sys.stdin if "-" in inputs else None)
     failed = total = 0
@@ -247,7 +259,10 @@ def classify(
         progress.start()
         task = progress.add_task("classify", total=None)
     try:
-        for record in classify_inputs(loaded, text, stream, top_k=top_k, batch_size=batch_size, workers=workers):
+        records = classify_inputs(
+            loaded, text, stream, top_k=top_k, batch_size=batch_size, workers=workers, image_cache=image_cache
+        )
+        for record in records:
             _write_record(record)
             total += 1
             failed += "error" in record
@@ -256,6 +271,8 @@ def classify(
     finally:
         if progress is not None:
             progress.stop()
+        if image_cache is not None:
+            image_cache.close()
     if failed:
         if not quiet:
             sys.stderr.write(f"zeroshot: {failed} of {total} inputs could not be classified\n")

@@ -125,8 +125,8 @@ def to_8bit(im: Any) -> Any:
     return Image.fromarray(np.clip(np.rint(arr * scale), 0, 255).astype(np.uint8), "L")
 
 
-def open_image(path: str) -> Any:
-    """Decode a file fully, apply its EXIF orientation, and return the PIL image."""
+def open_image(path: str | IO[bytes]) -> Any:
+    """Decode a file (a path or a binary file object) fully, apply its EXIF orientation, return it."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
@@ -153,7 +153,7 @@ def open_image(path: str) -> Any:
         raise ImageError(f"cannot decode image ({text})") from None
 
 
-def load_tensor(path: str, preprocess: Any) -> Any:
+def load_tensor(path: str | IO[bytes], preprocess: Any) -> Any:
     """The model-ready tensor for one file, or :class:`ImageError`."""
     image = open_image(path)
     try:

@@ -18,8 +18,27 @@ from .images import ImageError, Input, load_tensor
 from .models import LoadedModel
 from .ranking import error_record, probabilities, records
 
-Decoded = tuple[Input, Any, str | None]  # (input, tensor or None, error or None)
+Decoded = tuple[Input, Any, str | None]  # (input, payload or None, error or None)
 T = TypeVar("T")
+
+
+class Cached:
+    """A decode result that is already an embedding (from the image cache)."""
+
+    __slots__ = ("feature",)
+
+    def __init__(self, feature: Any) -> None:
+        self.feature = feature
+
+
+class Fresh:
+    """A preprocessed tensor whose embedding is to be stored under ``digest`` once computed."""
+
+    __slots__ = ("digest", "tensor")
+
+    def __init__(self, tensor: Any, digest: str) -> None:
+        self.tensor = tensor
+        self.digest = digest
 
 
 def default_workers() -> int:
@@ -31,6 +50,35 @@ def _decode(inp: Input, preprocess: Any) -> tuple[Any, str | None]:
         return None, inp.error
     try:
         return load_tensor(inp.path, preprocess), None
+    except ImageError as e:
+        return None, str(e)
+
+
+def _decode_cached(inp: Input, preprocess: Any, cache: Any) -> tuple[Any, str | None]:
+    """Read the file once: hash its bytes, return the cached embedding or decode from memory."""
+    import io
+
+    from .imagecache import content_digest
+
+    if inp.error is not None:
+        return None, inp.error
+    try:
+        with open(inp.path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return None, "no such file"
+    except IsADirectoryError:
+        return None, "is a directory"
+    except PermissionError:
+        return None, "permission denied"
+    except OSError as e:
+        return None, f"cannot read ({e.strerror or e})"
+    digest = content_digest(data)
+    feature = cache.get(digest)
+    if feature is not None:
+        return Cached(feature), None
+    try:
+        return Fresh(load_tensor(io.BytesIO(data), preprocess), digest), None
     except ImageError as e:
         return None, str(e)
 
@@ -76,9 +124,13 @@ def classify_inputs(
     top_k: int = 5,
     batch_size: int = 32,
     workers: int | None = None,
-    on_record: Callable[[dict[str, Any]], None] | None = None,
+    image_cache: Any = None,
 ) -> Iterator[dict[str, Any]]:
-    """Yield one record per input, in order: a classification, or ``{"path", "error"}``."""
+    """Yield one record per input, in order: a classification, or ``{"path", "error"}``.
+
+    With ``image_cache`` (an :class:`~zeroshot.imagecache.ImageEmbeddingCache`), files whose
+    content was seen before skip decoding and the image tower; new embeddings are stored.
+    """
     import torch
 
     workers = default_workers() if workers is None else workers
@@ -88,23 +140,40 @@ def classify_inputs(
     pending: list[Decoded] = []
     good = 0
 
-    def flush() -> Iterator[dict[str, Any]]:
-        ok = [(inp, tensor) for inp, tensor, _ in pending if tensor is not None]
-        by_path: dict[int, dict[str, Any]] = {}
-        if ok:
-            batch = torch.stack([tensor for _, tensor in ok]).to(loaded.device)
+    def features(payloads: list[Any]) -> Any:
+        """Raw image features [N, D] for decoded payloads: cached ones as stored, the rest computed."""
+        out: list[Any] = [None] * len(payloads)
+        todo = [i for i, p in enumerate(payloads) if not isinstance(p, Cached)]
+        if todo:
+            tensors = [p.tensor if isinstance(p, Fresh) else p for p in (payloads[i] for i in todo)]
             with torch.inference_mode():
-                feats = loaded.model.encode_image(batch)
-                probs = probabilities(feats, weights, scale)
-            recs = records([inp.path for inp, _ in ok], probs, classes, top_k)
-            by_path = {id(inp): rec for (inp, _), rec in zip(ok, recs, strict=True)}
-        for inp, tensor, err in pending:
-            rec = by_path[id(inp)] if tensor is not None else error_record(inp.path, err or "unknown error")
-            if on_record is not None:
-                on_record(rec)
-            yield rec
+                computed = loaded.model.encode_image(torch.stack(tensors).to(loaded.device)).float()
+            for j, i in enumerate(todo):
+                out[i] = computed[j]
+            fresh = [(payloads[i].digest, computed[j].cpu().numpy()) for j, i in enumerate(todo)
+                     if isinstance(payloads[i], Fresh)]  # fmt: skip
+            if fresh and image_cache is not None:
+                image_cache.put_many(fresh)
+        for i, p in enumerate(payloads):
+            if isinstance(p, Cached):
+                out[i] = torch.from_numpy(p.feature.copy()).to(loaded.device)
+        return torch.stack(out)
 
-    decode = functools.partial(_decode, preprocess=loaded.preprocess)
+    def flush() -> Iterator[dict[str, Any]]:
+        ok = [(inp, payload) for inp, payload, _ in pending if payload is not None]
+        by_input: dict[int, dict[str, Any]] = {}
+        if ok:
+            with torch.inference_mode():
+                probs = probabilities(features([p for _, p in ok]), weights, scale)
+            recs = records([inp.path for inp, _ in ok], probs, classes, top_k)
+            by_input = {id(inp): rec for (inp, _), rec in zip(ok, recs, strict=True)}
+        for inp, payload, err in pending:
+            yield by_input[id(inp)] if payload is not None else error_record(inp.path, err or "unknown error")
+
+    if image_cache is not None:
+        decode = functools.partial(_decode_cached, preprocess=loaded.preprocess, cache=image_cache)
+    else:
+        decode = functools.partial(_decode, preprocess=loaded.preprocess)
     for item in decode_stream(inputs, decode, workers, lookahead_for(batch_size, workers)):
         pending.append(item)
         if item[1] is not None:
