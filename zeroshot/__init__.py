@@ -38,12 +38,19 @@ __all__ = [
 class Zeroshot:
     """A loaded model plus what it needs to classify: text classifiers and batched image scoring."""
 
-    def __init__(self, model: str | None = None, pretrained: str | None = None, device: str = "auto") -> None:
-        from .models import load_model, resolve_device, resolve_spec
+    def __init__(
+        self,
+        model: str | None = None,
+        pretrained: str | None = None,
+        device: str = "auto",
+        precision: str = "auto",
+    ) -> None:
+        from .models import load_model, resolve_device, resolve_precision, resolve_spec
 
         self.spec = resolve_spec(model, pretrained)
         self.device = resolve_device(device)
-        self.loaded = load_model(self.spec, self.device)
+        self.precision = resolve_precision(precision, self.device)
+        self.loaded = load_model(self.spec, self.device, self.precision)
 
     def text_classifier(self, prompt_set: PromptSet, *, use_cache: bool = True) -> Any:
         """The :class:`~zeroshot.classifier.TextClassifier` for ``prompt_set`` (cached on disk)."""

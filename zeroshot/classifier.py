@@ -125,7 +125,7 @@ def _package_version(name: str) -> str:
         return "unknown"
 
 
-def text_cache_key(spec: ModelSpec, prompt_set: PromptSet) -> str:
+def text_cache_key(spec: ModelSpec, prompt_set: PromptSet, precision: str = "fp32") -> str:
     """The canonical key text of a text classifier: model, weights, versions, prompts, precision."""
     return cache.key_text(
         {
@@ -134,7 +134,7 @@ def text_cache_key(spec: ModelSpec, prompt_set: PromptSet) -> str:
             "weights": weights_identity(spec, cache.hash_memo_dir()),
             "open_clip": _package_version("open_clip_torch"),
             "torch": _package_version("torch"),
-            "precision": "fp32",
+            "precision": precision,
             "classes": list(prompt_set.classes),
             "templates": list(prompt_set.templates),
         }
@@ -149,6 +149,7 @@ def get_text_classifier(
     use_cache: bool = True,
     device: str | None = None,
     batch_size: int = 256,
+    precision: str = "fp32",
 ) -> TextClassifier:
     """The classifier for ``prompt_set`` from the cache, or built with ``load()`` and stored.
 
@@ -159,7 +160,7 @@ def get_text_classifier(
     path = None
     key = None
     if use_cache:
-        key = text_cache_key(spec, prompt_set)
+        key = text_cache_key(spec, prompt_set, precision)
         path = cache.entry_path(cache.key_digest(key))
         if path.exists():
             try:

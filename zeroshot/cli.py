@@ -146,6 +146,7 @@ PretrainedOpt = Annotated[
     ),
 ]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+PrecisionOpt = Annotated[str, typer.Option("--precision", help="auto (fp16 on CUDA, fp32 on CPU), fp32, fp16 or bf16.")]
 NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the text-embedding cache.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display on stderr.")]
 WorkersOpt = Annotated[
@@ -173,17 +174,24 @@ def _status(show: bool, message: str) -> Any:
 
 
 def _model_and_text(
-    prompt_set: Any, model: str | None, pretrained: str | None, device: str, no_cache: bool, show: bool
+    prompt_set: Any,
+    model: str | None,
+    pretrained: str | None,
+    device: str,
+    precision: str,
+    no_cache: bool,
+    show: bool,
 ) -> tuple[Any, Any]:
     """Load the model (spinner for people) and get its text classifier from the cache or build it."""
     from .classifier import get_text_classifier
-    from .models import load_model, resolve_device, resolve_spec
+    from .models import load_model, resolve_device, resolve_precision, resolve_spec
 
     spec = resolve_spec(model, pretrained)
     dev = resolve_device(device)
-    with _status(show, f"loading {spec.label} on {dev}"):
-        loaded = load_model(spec, dev)
-    text = get_text_classifier(spec, prompt_set, lambda: loaded, use_cache=not no_cache, device=dev)
+    prec = resolve_precision(precision, dev)
+    with _status(show, f"loading {spec.label} on {dev} ({prec})"):
+        loaded = load_model(spec, dev, prec)
+    text = get_text_classifier(spec, prompt_set, lambda: loaded, use_cache=not no_cache, device=dev, precision=prec)
     return loaded, text
 
 
@@ -212,6 +220,7 @@ def classify(
     model: ModelOpt = None,
     pretrained: PretrainedOpt = None,
     device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per model call.")] = 32,
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Labels per record (at most the classes).")] = 5,
     workers: WorkersOpt = None,
@@ -238,7 +247,7 @@ def classify(
     prompt_set = _prompt_set(dataset, labels, label, templates)
     show = not quiet and sys.stderr.isatty()
     console = _console() if show else None
-    loaded, text = _model_and_text(prompt_set, model, pretrained, device, no_cache, show)
+    loaded, text = _model_and_text(prompt_set, model, pretrained, device, precision, no_cache, show)
     image_cache = None
     if cache_images:
         from .imagecache import ImageEmbeddingCache, image_cache_key
@@ -289,6 +298,7 @@ def build_prompts(
     model: ModelOpt = None,
     pretrained: PretrainedOpt = None,
     device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Prompts per model call.")] = 256,
     force: Annotated[bool, typer.Option("--force", help="Rebuild even if the cache has this classifier.")] = False,
     quiet: QuietOpt = False,
@@ -299,23 +309,25 @@ def build_prompts(
     """
     from . import cache
     from .classifier import get_text_classifier
-    from .models import load_model, resolve_device, resolve_spec
+    from .models import load_model, resolve_device, resolve_precision, resolve_spec
 
     start = time.perf_counter()
     prompt_set = _prompt_set(dataset, labels, label, templates)
     spec = resolve_spec(model, pretrained)
     show = not quiet and sys.stderr.isatty()
+    dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
     if force:
         from .classifier import text_cache_key
 
-        path = cache.entry_path(cache.key_digest(text_cache_key(spec, prompt_set)))
+        path = cache.entry_path(cache.key_digest(text_cache_key(spec, prompt_set, prec)))
         path.unlink(missing_ok=True)
 
     def load() -> Any:
         with _status(show, f"loading {spec.label}"):
-            return load_model(spec, resolve_device(device))
+            return load_model(spec, dev, prec)
 
-    text = get_text_classifier(spec, prompt_set, load, batch_size=batch_size)
+    text = get_text_classifier(spec, prompt_set, load, batch_size=batch_size, precision=prec)
     _write_record(
         {
             "name": prompt_set.name,
@@ -324,6 +336,7 @@ def build_prompts(
             "prompts": len(prompt_set.classes) * len(prompt_set.templates),
             "model": spec.model,
             "pretrained": spec.pretrained,
+            "precision": prec,
             "cache_file": str(text.cache_path) if text.cache_path else None,
             "cache_hit": text.cache_hit,
             "seconds": round(time.perf_counter() - start, 4),
@@ -344,6 +357,7 @@ def eval_cmd(
     model: ModelOpt = None,
     pretrained: PretrainedOpt = None,
     device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
     data_dir: Annotated[
         Path | None,
         typer.Option("--data-dir", help="Folder with the dataset's IDX files (default: Debian's location)."),
@@ -377,7 +391,7 @@ def eval_cmd(
     else:
         prompt_set = _prompt_set(dataset, labels, label, templates)
     show = not quiet and sys.stderr.isatty()
-    loaded, text = _model_and_text(prompt_set, model, pretrained, device, no_cache, show)
+    loaded, text = _model_and_text(prompt_set, model, pretrained, device, precision, no_cache, show)
     with _status(show, "evaluating"):
         record, failed = run_eval(
             loaded, text, folder=folder, idx_dir=data_dir, split=split, limit=limit,

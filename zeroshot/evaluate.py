@@ -87,7 +87,7 @@ def image_features(
 
     def flush() -> None:
         with torch.inference_mode():
-            x = torch.stack(batch).to(loaded.device)
+            x = torch.stack(batch).to(loaded.device, dtype=loaded.input_dtype)
             feats.append(F.normalize(loaded.model.encode_image(x).float(), dim=-1).cpu())
         labels.extend(batch_labels)
         batch.clear()

@@ -39,7 +39,7 @@ def image_cache_key(loaded: Any) -> str:
             "torch": _package_version("torch"),
             "preprocess": repr(loaded.preprocess),
             "decode": "exif-transpose, high-bit-depth to 8-bit",
-            "precision": "fp32",
+            "precision": loaded.precision,
         }
     )
 

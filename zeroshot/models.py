@@ -181,6 +181,14 @@ class LoadedModel:
     tokenizer: Any
     device: Any
     notes: list[str] = field(default_factory=list)
+    precision: str = "fp32"
+
+    @property
+    def input_dtype(self) -> Any:
+        """The dtype image batches must have for this model's image tower."""
+        import torch
+
+        return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision, torch.float32)
 
     @property
     def logit_scale(self) -> float:
@@ -197,6 +205,19 @@ class LoadedModel:
         with torch.inference_mode():
             tokens = self.tokenizer(["a"]).to(self.device)
             return int(self.model.encode_text(tokens).shape[-1])
+
+
+PRECISIONS = ("fp32", "fp16", "bf16")
+
+
+def resolve_precision(precision: str | None, device: str) -> str:
+    """``auto`` is fp16 on CUDA and fp32 elsewhere; fp16/bf16 halve memory traffic on GPUs."""
+    choice = (precision or "auto").strip().lower()
+    if choice == "auto":
+        return "fp16" if device.startswith("cuda") else "fp32"
+    if choice not in PRECISIONS:
+        raise UsageError(f"--precision {precision}: expected auto, {', '.join(PRECISIONS)}")
+    return choice
 
 
 def resolve_device(device: str | None) -> str:
@@ -312,10 +333,11 @@ def _first_line(e: BaseException, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def load_model(spec: ModelSpec, device: str = "cpu") -> LoadedModel:
+def load_model(spec: ModelSpec, device: str = "cpu", precision: str = "fp32") -> LoadedModel:
     """Build the model with open_clip's factory and load its weights; never random weights.
 
     The preprocessing is the inference transform open_clip returns for this model and checkpoint.
+    ``precision`` is passed to open_clip (fp16/bf16 weights; its LayerNorms keep fp32 maths).
     """
     import open_clip
 
@@ -359,7 +381,7 @@ def load_model(spec: ModelSpec, device: str = "cpu") -> LoadedModel:
     try:
         with _quiet_third_party():
             model, preprocess = open_clip.create_model_from_pretrained(
-                spec.model, pretrained=spec.pretrained, device=device, **kwargs
+                spec.model, pretrained=spec.pretrained, device=device, precision=precision, **kwargs
             )
             tokenizer = open_clip.get_tokenizer(spec.model)
     except (ModelLoadError, UsageError):
@@ -367,7 +389,10 @@ def load_model(spec: ModelSpec, device: str = "cpu") -> LoadedModel:
     except Exception as e:
         raise _load_failure(spec, e, offline) from None
     model.eval()
-    return LoadedModel(spec=spec, model=model, preprocess=preprocess, tokenizer=tokenizer, device=device, notes=notes)
+    return LoadedModel(
+        spec=spec, model=model, preprocess=preprocess, tokenizer=tokenizer, device=device, notes=notes,
+        precision=precision,
+    )  # fmt: skip
 
 
 def _unknown_model(name: str) -> ModelLoadError:

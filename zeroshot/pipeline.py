@@ -146,8 +146,13 @@ def classify_inputs(
         todo = [i for i, p in enumerate(payloads) if not isinstance(p, Cached)]
         if todo:
             tensors = [p.tensor if isinstance(p, Fresh) else p for p in (payloads[i] for i in todo)]
+            batch = torch.stack(tensors)
+            cuda = str(loaded.device).startswith("cuda")
+            if cuda:  # page-locked memory lets the copy overlap with the GPU's work
+                batch = batch.pin_memory()
+            batch = batch.to(loaded.device, dtype=loaded.input_dtype, non_blocking=cuda)
             with torch.inference_mode():
-                computed = loaded.model.encode_image(torch.stack(tensors).to(loaded.device)).float()
+                computed = loaded.model.encode_image(batch).float()
             for j, i in enumerate(todo):
                 out[i] = computed[j]
             fresh = [(payloads[i].digest, computed[j].cpu().numpy()) for j, i in enumerate(todo)
