@@ -161,3 +161,20 @@ def test_classify_uses_and_fills_the_same_cache(checkpoint, image_dir):
     assert rec["cache_hit"] is True
     nocache = CliRunner().invoke(app, [*args, "--no-cache"])
     assert nocache.stdout == first.stdout
+
+
+def test_cache_hit_needs_no_torch(checkpoint):
+    import subprocess
+    import sys
+
+    args = ["build-prompts", "-m", ARCH, "-p", str(checkpoint), "--label", "cat", "--device", "cpu"]
+    assert json.loads(CliRunner().invoke(app, args).stdout)["cache_hit"] is False
+    code = (
+        "import json, sys\n"
+        "from typer.testing import CliRunner\n"
+        "from zeroshot.cli import app\n"
+        f"out = CliRunner().invoke(app, {args!r}).stdout\n"
+        "print(json.loads(out)['cache_hit'], 'torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["True", "False"]
