@@ -19,7 +19,7 @@ from .classifier import TextClassifier, encode_prompt_set
 from .errors import UsageError
 from .images import ImageError, load_tensor, walk_images
 from .models import LoadedModel
-from .pipeline import decode_stream, default_workers, lookahead_for
+from .pipeline import decode_stream, default_workers, encode_images, lookahead_for
 from .prompts import PromptSet
 
 
@@ -29,6 +29,7 @@ class Labelled:
 
     key: str | int
     label: int
+    error: str | None = None  # known before decoding, e.g. a folder that cannot be listed
 
 
 def _norm(name: str) -> str:
@@ -56,7 +57,7 @@ def folder_items(folder: Path, classes: tuple[str, ...]) -> Iterator[Labelled]:
         )
     for sub in subs:
         for inp in walk_images(str(folder / sub), set()):
-            yield Labelled(inp.path, index[_norm(sub)])
+            yield Labelled(inp.path, index[_norm(sub)], inp.error)
 
 
 def image_features(
@@ -73,6 +74,8 @@ def image_features(
     from PIL import Image
 
     def decode(item: Labelled) -> tuple[Any, str | None]:
+        if item.error is not None:
+            return None, item.error
         try:
             if isinstance(item.key, int):
                 return loaded.preprocess(Image.fromarray(array[item.key], "L")), None
@@ -86,9 +89,7 @@ def image_features(
     batch_labels: list[int] = []
 
     def flush() -> None:
-        with torch.inference_mode():
-            x = torch.stack(batch).to(loaded.device, dtype=loaded.input_dtype)
-            feats.append(F.normalize(loaded.model.encode_image(x).float(), dim=-1).cpu())
+        feats.append(F.normalize(encode_images(loaded, batch), dim=-1).cpu())
         labels.extend(batch_labels)
         batch.clear()
         batch_labels.clear()

@@ -116,6 +116,19 @@ def lookahead_for(batch_size: int, workers: int) -> int:
     return max(2 * batch_size, 4 * workers)
 
 
+def encode_images(loaded: LoadedModel, tensors: list[Any]) -> Any:
+    """Raw float32 image features [N, D] of preprocessed tensors, on the model's device."""
+    import torch
+
+    batch = torch.stack(tensors)
+    cuda = str(loaded.device).startswith("cuda")
+    if cuda:  # page-locked memory lets the copy overlap with the GPU's work
+        batch = batch.pin_memory()
+    batch = batch.to(loaded.device, dtype=loaded.input_dtype, non_blocking=cuda)
+    with torch.inference_mode():
+        return loaded.model.encode_image(batch).float()
+
+
 def classify_inputs(
     loaded: LoadedModel,
     text: TextClassifier,
@@ -146,13 +159,7 @@ def classify_inputs(
         todo = [i for i, p in enumerate(payloads) if not isinstance(p, Cached)]
         if todo:
             tensors = [p.tensor if isinstance(p, Fresh) else p for p in (payloads[i] for i in todo)]
-            batch = torch.stack(tensors)
-            cuda = str(loaded.device).startswith("cuda")
-            if cuda:  # page-locked memory lets the copy overlap with the GPU's work
-                batch = batch.pin_memory()
-            batch = batch.to(loaded.device, dtype=loaded.input_dtype, non_blocking=cuda)
-            with torch.inference_mode():
-                computed = loaded.model.encode_image(batch).float()
+            computed = encode_images(loaded, tensors)
             for j, i in enumerate(todo):
                 out[i] = computed[j]
             fresh = [(payloads[i].digest, computed[j].cpu().numpy()) for j, i in enumerate(todo)
