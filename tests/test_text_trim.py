@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from zeroshot.classifier import encode_prompt_set, encode_texts, trimmable
+from zeroshot.classifier import encode_prompt_set, encode_texts, prefix_shareable, trimmable
 from zeroshot.models import BUNDLED_NAME, load_model, resolve_spec
 from zeroshot.prompts import PromptSet, load_pack
 
@@ -49,10 +49,50 @@ def test_whole_pack_trimmed_equals_padded(vit):
     assert (a - b).abs().max() < 1e-5
 
 
-def test_non_causal_tower_falls_back_to_padding(vit, monkeypatch):
-    monkeypatch.setattr(vit.model, "attn_mask", None)  # what a bidirectional (SigLIP-style) tower looks like
-    assert not trimmable(vit.model)
-    out = encode_texts(vit, TEXTS[:3])
-    with torch.no_grad():
-        ref = F.normalize(vit.model.encode_text(vit.tokenizer(TEXTS[:3])), dim=-1)
-    assert (out - ref).abs().max() < 1e-6
+def test_non_causal_tower_falls_back_to_padding(vit):
+    mask = vit.model.attn_mask
+    vit.model.attn_mask = None  # what a bidirectional (SigLIP-style) tower looks like
+    try:
+        assert not trimmable(vit.model) and not prefix_shareable(vit.model)
+        out = encode_texts(vit, TEXTS[:3])
+        subset = PromptSet(name="n", classes=("cat", "dog"), templates=("a photo of a {label}.", "a {label}"))
+        classes = encode_prompt_set(vit, subset)
+        with torch.no_grad():
+            ref = F.normalize(vit.model.encode_text(vit.tokenizer(TEXTS[:3])), dim=-1)
+            per = F.normalize(vit.model.encode_text(vit.tokenizer(subset.all_prompts())), dim=-1)
+        assert (out - ref).abs().max() < 1e-6
+        assert (classes - F.normalize(per.reshape(2, 2, -1).mean(dim=1), dim=-1)).abs().max() < 1e-6
+    finally:
+        vit.model.attn_mask = mask  # a buffer: monkeypatch would delete it on undo
+
+
+def test_shared_prefix_path_equals_padded(vit):
+    """Prompts of one template share their leading tokens' computation: same numbers as padded."""
+    assert prefix_shareable(vit.model)
+    pack = load_pack("imagenet")
+    subset = PromptSet(name="i", classes=pack.classes[::250], templates=pack.templates[::8])
+    shared = encode_prompt_set(vit, subset, batch_size=3)
+    padded = encode_prompt_set(vit, subset, trim=False)
+    assert (shared - padded).abs().max() < 1e-5
+
+
+def test_shared_prefix_edge_cases(vit):
+    """A label that is the start of another, labels sharing first words, a template starting with
+    the label (only the start-of-text token shared), and a one-class group."""
+    cases = [
+        PromptSet(name="a", classes=("cat", "cat toy", "cat toy shop"), templates=("{label}", "a photo of a {label}.")),
+        PromptSet(name="b", classes=("red car", "red carpet", "blue car"), templates=("{label} on a road",)),
+        PromptSet(name="c", classes=("tench",), templates=("a bad photo of a {label}.", "{label}")),
+    ]
+    for subset in cases:
+        shared = encode_prompt_set(vit, subset, batch_size=2)
+        with torch.no_grad():
+            ref = F.normalize(vit.model.encode_text(vit.tokenizer(subset.all_prompts())), dim=-1)
+        ref = F.normalize(ref.reshape(len(subset.classes), len(subset.templates), -1).mean(dim=1), dim=-1)
+        assert (shared - ref).abs().max() < 1e-5, subset.name
+
+
+def test_other_blocks_do_not_share_prefixes(vit, monkeypatch):
+    block = vit.model.transformer.resblocks[0]
+    monkeypatch.setattr(block, "ln_1_kv", torch.nn.Identity(), raising=False)  # a cross-attention block
+    assert not prefix_shareable(vit.model)

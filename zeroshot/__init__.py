@@ -59,10 +59,27 @@ class Zeroshot:
         return get_text_classifier(self.spec, prompt_set, lambda: self.loaded, use_cache=use_cache, device=self.device)
 
     def classify(
-        self, paths: Iterable[str], text: Any, *, top_k: int = 5, batch_size: int = 32
+        self,
+        paths: Iterable[str],
+        text: Any,
+        *,
+        top_k: int = 5,
+        batch_size: int = 32,
+        workers: int | None = None,
+        decoder: str = "auto",
+        jpeg_draft: bool = False,
+        image_cache: Any = None,
     ) -> Iterator[dict[str, Any]]:
-        """One record per path (files or folders), in order, as the CLI prints them."""
-        from .images import iter_inputs
-        from .pipeline import classify_inputs
+        """One record per path (files or folders), in order, as the CLI prints them.
 
-        return classify_inputs(self.loaded, text, iter_inputs(paths), top_k=top_k, batch_size=batch_size)
+        ``workers``, ``decoder`` and ``jpeg_draft`` are the CLI's ``--workers``, ``--decoder`` and
+        ``--jpeg-draft``; ``image_cache`` an :class:`~zeroshot.imagecache.ImageEmbeddingCache`.
+        """
+        from .images import iter_inputs
+        from .pipeline import DecodeOptions, classify_inputs
+
+        options = DecodeOptions(workers=workers, decoder=decoder, jpeg_draft=jpeg_draft)
+        return classify_inputs(
+            self.loaded, text, iter_inputs(paths), top_k=top_k, batch_size=batch_size,
+            image_cache=image_cache, options=options,
+        )  # fmt: skip

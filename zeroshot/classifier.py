@@ -72,6 +72,107 @@ def _encode_trimmed(model: Any, tokens: Any) -> Any:
     return x
 
 
+def prefix_shareable(model: Any) -> bool:
+    """Whether prompts that start with the same tokens can share those tokens' computation.
+
+    In a causal tower the states of the first P positions depend only on the first P tokens, so a
+    template's prefix ("a photo of a") is the same for every class: run it once, and run only the
+    rest of each prompt with the prefix's per-layer states as extra keys and values. Needs the
+    plain open_clip block (``ResidualAttentionBlock`` with a plain batch-first
+    ``nn.MultiheadAttention``); anything else uses :func:`trimmable`'s path.
+    """
+    import torch
+    from open_clip.transformer import ResidualAttentionBlock
+
+    if not trimmable(model):
+        return False
+    blocks = list(getattr(model.transformer, "resblocks", []))
+    return bool(blocks) and all(
+        type(b) is ResidualAttentionBlock
+        and not hasattr(b, "ln_1_kv")
+        and type(b.attn) is torch.nn.MultiheadAttention
+        and b.attn.batch_first
+        and b.attn._qkv_same_embed_dim
+        and b.attn.in_proj_weight is not None
+        and b.attn.bias_k is None
+        and not b.attn.add_zero_attn
+        for b in blocks
+    )
+
+
+def _encode_prefixed(model: Any, prefix: Any, suffix: Any) -> Any:
+    """``model.encode_text`` of prompts ``prefix + suffix[i]`` (suffix rows end with 0 padding).
+
+    The prefix runs through the blocks once, as a batch of one, leaving its keys and values at
+    every layer. Each suffix position then attends to those and to the suffix positions up to
+    itself (the suffix's rows of the causal mask), computed as ``nn.MultiheadAttention`` does:
+    one in-projection, scaled dot-product attention per head, the out-projection.
+    """
+    import torch
+    import torch.nn.functional as F
+    from open_clip.transformer import text_global_pool
+
+    cast_dtype = model.transformer.get_cast_dtype()
+    p, s, n = prefix.shape[0], suffix.shape[1], suffix.shape[0]
+    pos = model.positional_embedding.to(cast_dtype)
+    xp = model.token_embedding(prefix[None]).to(cast_dtype) + pos[:p]
+    xs = model.token_embedding(suffix).to(cast_dtype) + pos[p : p + s]
+    mask_p = model.attn_mask[:p, :p]
+    mask_s = model.attn_mask[p : p + s, : p + s].to(xs.dtype)
+    for block in model.transformer.resblocks:
+        attn = block.attn
+        width, heads = xs.shape[-1], attn.num_heads
+        w, b = attn.in_proj_weight, attn.in_proj_bias
+        kp, vp = F.linear(block.ln_1(xp), w[width:], None if b is None else b[width:]).chunk(2, dim=-1)
+        q, k, v = F.linear(block.ln_1(xs), w, b).chunk(3, dim=-1)
+        k = torch.cat([kp.expand(n, -1, -1), k], dim=1)
+        v = torch.cat([vp.expand(n, -1, -1), v], dim=1)
+        q, k, v = (t.unflatten(-1, (heads, width // heads)).transpose(1, 2) for t in (q, k, v))
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask_s)
+        o = attn.out_proj(o.transpose(1, 2).flatten(2))
+        xs = xs + block.ls_1(o)
+        xs = xs + block.ls_2(block.mlp(block.ln_2(xs)))
+        xp = block(xp, attn_mask=mask_p)
+    x = model.ln_final(xs)
+    x = text_global_pool(x, suffix, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
+    if model.text_projection is not None:
+        x = model.text_projection(x) if hasattr(model.text_projection, "weight") else x @ model.text_projection
+    return x
+
+
+def _shared_prefix_length(rows: Any, lengths: Any) -> int:
+    """Tokens all ``rows`` start with, leaving at least the last token of the shortest one out."""
+    same = (rows == rows[0]).all(dim=0).int()
+    common = int(same.cumprod(dim=0).sum())
+    return max(0, min(common, int(lengths.min()) - 1))
+
+
+def _encode_grouped(loaded: LoadedModel, tokens: Any, groups: list[list[int]], batch_size: int) -> Any:
+    """Unnormalized-then-normalized embeddings of ``tokens`` rows, each group sharing its prefix."""
+    import torch
+    import torch.nn.functional as F
+
+    model = loaded.model
+    lengths = (tokens != 0).sum(dim=1)
+    out = torch.empty(0)
+    with torch.inference_mode():
+        for group in groups:
+            idx = torch.tensor(group, dtype=torch.long)
+            rows, lens = tokens[idx], lengths[idx]
+            p = _shared_prefix_length(rows, lens)
+            prefix = rows[0, :p].to(loaded.device)
+            order = torch.argsort(lens, stable=True)
+            for start in range(0, len(group), batch_size):
+                pick = order[start : start + batch_size]
+                longest = int(lens[pick].max())
+                suffix = rows[pick, p:longest].to(loaded.device)
+                feats = F.normalize(_encode_prefixed(model, prefix, suffix).float(), dim=-1)
+                if out.numel() == 0:
+                    out = torch.empty(len(tokens), feats.shape[1], device=feats.device)
+                out[idx[pick].to(feats.device)] = feats
+    return out
+
+
 def encode_texts(loaded: LoadedModel, texts: list[str], batch_size: int = 256, trim: bool | None = None) -> Any:
     """L2-normalized embeddings of ``texts`` [N, dim], float32, in the order given.
 
@@ -105,14 +206,24 @@ def encode_prompt_set(
 ) -> Any:
     """[num_classes, dim] float32 class embeddings on the model's device.
 
+    Prompts of one template share their leading tokens' computation where the tower allows it
+    (:func:`prefix_shareable`), and are otherwise cut to their longest prompt (:func:`trimmable`);
+    ``trim=False`` runs everything padded to the context length, as open_clip does.
+
     Each prompt embedding is L2-normalized, a class's prompts are averaged, and the average is
     L2-normalized again (open_clip's ``build_zero_shot_classifier``).
     """
     import torch
     import torch.nn.functional as F
 
-    per_prompt = encode_texts(loaded, prompt_set.all_prompts(), batch_size, trim)
     num_classes, num_templates = len(prompt_set.classes), len(prompt_set.templates)
+    prompts = prompt_set.all_prompts()
+    if (trim is None or trim) and prompts and prefix_shareable(loaded.model):
+        # Class-major order: template t of class c is row c * T + t; one group per template.
+        groups = [list(range(t, len(prompts), num_templates)) for t in range(num_templates)]
+        per_prompt = _encode_grouped(loaded, loaded.tokenizer(prompts), groups, batch_size)
+    else:
+        per_prompt = encode_texts(loaded, prompts, batch_size, trim)
     with torch.inference_mode():
         mean = per_prompt.reshape(num_classes, num_templates, -1).mean(dim=1)
         return F.normalize(mean, dim=-1)

@@ -150,7 +150,13 @@ PrecisionOpt = Annotated[str, typer.Option("--precision", help="auto (fp16 on CU
 NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the text-embedding cache.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display on stderr.")]
 WorkersOpt = Annotated[
-    int | None, typer.Option("--workers", min=1, help="Decoding threads (default: CPU count, at most 8).")
+    int | None,
+    typer.Option(
+        "--workers",
+        min=0,
+        help="Decoding worker processes (default: a quarter of the cores on CPU, all but one with CUDA; "
+        "0: decode in the main process).",
+    ),
 ]
 
 
@@ -224,6 +230,22 @@ def classify(
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per model call.")] = 32,
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Labels per record (at most the classes).")] = 5,
     workers: WorkersOpt = None,
+    decoder: Annotated[
+        str,
+        typer.Option(
+            "--decoder",
+            help="auto (batched on CUDA, else pillow), pillow (worker processes, exact open_clip preprocessing) "
+            "or batched (JPEGs decoded and resized as a batch on the model's device: nvJPEG on CUDA).",
+        ),
+    ] = "auto",
+    jpeg_draft: Annotated[
+        bool,
+        typer.Option(
+            "--jpeg-draft",
+            help="Let the JPEG decoder shrink large images by 2-8x while decoding (faster; changes pixels "
+            "slightly, see README).",
+        ),
+    ] = False,
     no_cache: NoCacheOpt = False,
     cache_images: Annotated[
         bool,
@@ -240,8 +262,10 @@ def classify(
     Exit code 1 if any input could not be classified.
     """
     from .images import iter_inputs
-    from .pipeline import classify_inputs
+    from .pipeline import DECODERS, DecodeOptions, classify_inputs
 
+    if decoder not in DECODERS:
+        raise UsageError(f"--decoder must be one of {', '.join(DECODERS)}, not {decoder!r}")
     if not inputs:
         raise UsageError("no inputs: give image files, folders, or - to read paths from stdin")
     prompt_set = _prompt_set(dataset, labels, label, templates)
@@ -268,8 +292,9 @@ def classify(
         progress.start()
         task = progress.add_task("classify", total=None)
     try:
+        options = DecodeOptions(workers=workers, decoder=decoder, jpeg_draft=jpeg_draft)
         records = classify_inputs(
-            loaded, text, stream, top_k=top_k, batch_size=batch_size, workers=workers, image_cache=image_cache
+            loaded, text, stream, top_k=top_k, batch_size=batch_size, image_cache=image_cache, options=options
         )
         for record in records:
             _write_record(record)

@@ -125,12 +125,18 @@ def to_8bit(im: Any) -> Any:
     return Image.fromarray(np.clip(np.rint(arr * scale), 0, 255).astype(np.uint8), "L")
 
 
-def open_image(path: str | IO[bytes]) -> Any:
-    """Decode a file (a path or a binary file object) fully, apply its EXIF orientation, return it."""
+def open_image(path: str | IO[bytes], draft: int | None = None) -> Any:
+    """Decode a file (a path or a binary file object) fully, apply its EXIF orientation, return it.
+
+    ``draft`` (opt-in, changes pixels): let a JPEG decoder reduce the image by 2, 4 or 8 while
+    decoding (libjpeg's DCT scaling), as long as both sides stay at least ``draft`` pixels.
+    """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
+            if draft is not None and im.format == "JPEG":
+                im.draft(im.mode, (draft, draft))
             im.load()
             oriented = ImageOps.exif_transpose(im)
             if oriented is im:

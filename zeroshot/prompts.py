@@ -127,11 +127,14 @@ def _read_text(path: Path) -> str:
 
 
 def _load_yaml(path: Path) -> Any:
-    import yaml  # pyyaml; safe_load only: no Python object tags
+    import yaml  # pyyaml; the safe loader only: no Python object tags
 
     text = _read_text(path)
+    # libyaml's C version of the safe loader when pyyaml has it: the same documents, ~10x faster
+    # (47 ms -> 5 ms for the ImageNet pack), which is most of a warm run's text side.
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=loader)  # noqa: S506 - a safe loader
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark is not None else ""

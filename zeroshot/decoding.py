@@ -1,0 +1,300 @@
+"""Turning files into model-ready pixels: in worker processes (or threads), a batch at a time.
+
+open_clip's eval transform is a chain of PIL steps (resize, crop, convert to RGB) followed by
+``ToTensor`` (uint8 -> float / 255) and ``Normalize``. :func:`split_preprocess` cuts it there:
+workers run the PIL steps and ship compact uint8 HxWx3 arrays (a quarter of the bytes of float),
+and :func:`to_model_input` turns a whole batch into normalized floats on the model's device with
+the same arithmetic as ``ToTensor`` + ``Normalize``, so the numbers are identical (a test checks).
+A transform that does not fit this shape is run whole in the workers, as before.
+
+This module imports no torch at the top: worker processes only need Pillow and numpy.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from .images import ImageError, Input, open_image
+
+JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+@dataclass(frozen=True)
+class Split:
+    """A preprocessing transform cut into its PIL part and its tensor part."""
+
+    pil_stage: Any  # PIL image -> PIL RGB image (the transform's steps before ToTensor)
+    mean: tuple[float, ...] | None  # Normalize's, or None when the transform has none
+    std: tuple[float, ...] | None
+    resize: int | None  # shortest-side size of a plain Resize(int) as the first step, else None
+    interpolation: str | None  # that Resize's interpolation ("bicubic", "bilinear")
+    crop: tuple[int, int] | None  # (height, width) of the CenterCrop right after it, else None
+
+
+def _is_rgb_convert(step: Any) -> bool:
+    if getattr(step, "__name__", "") == "_convert_to_rgb":
+        return True
+    return type(step).__name__ == "MaybeConvertMode" and getattr(step, "mode", None) == "RGB"
+
+
+def split_preprocess(preprocess: Any) -> Split | None:
+    """Cut an open_clip eval transform before ``ToTensor``; None if it does not have that shape.
+
+    The shape required: PIL steps ending in a conversion to RGB, then ``ToTensor``, then at most
+    one ``Normalize``. The resize/crop fields describe the common ``Resize(n)`` + ``CenterCrop``
+    start, which the batched tensor decoder and JPEG draft mode know how to reproduce.
+    """
+    from torchvision import transforms as T
+
+    steps = list(getattr(preprocess, "transforms", None) or [])
+    cut = next((i for i, s in enumerate(steps) if isinstance(s, T.ToTensor)), None)
+    if cut is None or cut == 0 or not _is_rgb_convert(steps[cut - 1]):
+        return None
+    after = steps[cut + 1 :]
+    if len(after) > 1 or (after and not isinstance(after[0], T.Normalize)):
+        return None
+    mean = std = None
+    if after:
+        norm = after[0]
+        if getattr(norm, "inplace", False):
+            return None
+        mean, std = tuple(float(v) for v in norm.mean), tuple(float(v) for v in norm.std)
+    pil = steps[:cut]
+    if len(pil) == 3 and isinstance(pil[0], T.Resize) and isinstance(pil[1], T.CenterCrop):
+        size = pil[0].size
+        size = size[0] if isinstance(size, (list, tuple)) and len(size) == 1 else size
+        mode = getattr(pil[0].interpolation, "value", None)
+        crop = tuple(int(v) for v in pil[1].size)
+        crop = crop * 2 if len(crop) == 1 else crop
+        if (
+            isinstance(size, int) and pil[0].max_size is None and mode in ("bicubic", "bilinear")
+            and len(crop) == 2 and max(crop) <= size
+        ):  # fmt: skip
+            stage = StandardPilStage(size, mode, (crop[0], crop[1]))
+            return Split(stage, mean, std, size, mode, (crop[0], crop[1]))
+    return Split(T.Compose(pil), mean, std, None, None, None)
+
+
+class StandardPilStage:
+    """``Resize(size)`` (shortest side), ``CenterCrop(crop)``, convert to RGB, with Pillow alone.
+
+    The same Pillow calls torchvision makes for these steps on a PIL image (output size rounded
+    down as ``_compute_resized_output_size`` does; crop offsets rounded as ``center_crop`` does), so
+    worker processes need not import torch. A test checks it pixel for pixel against torchvision.
+    """
+
+    def __init__(self, size: int, interpolation: str, crop: tuple[int, int]) -> None:
+        self.size = size
+        self.interpolation = interpolation
+        self.crop = crop
+
+    def resized_size(self, width: int, height: int) -> tuple[int, int]:
+        short, long = (width, height) if width <= height else (height, width)
+        new_short, new_long = self.size, int(self.size * long / short)
+        return (new_short, new_long) if width <= height else (new_long, new_short)
+
+    def __call__(self, image: Any) -> Any:
+        from PIL import Image
+
+        w, h = self.resized_size(*image.size)
+        if (w, h) != image.size:
+            method = Image.Resampling.BICUBIC if self.interpolation == "bicubic" else Image.Resampling.BILINEAR
+            image = image.resize((w, h), method)
+        ch, cw = self.crop
+        top, left = int(round((h - ch) / 2.0)), int(round((w - cw) / 2.0))
+        return image.crop((left, top, left + cw, top + ch)).convert("RGB")
+
+
+def to_model_input(pixels: Any, split: Split, device: Any, dtype: Any) -> Any:
+    """uint8 [N, H, W, 3] (numpy or torch, any device) -> normalized [N, 3, H, W] on ``device``.
+
+    The same operations as torchvision's ``ToTensor`` then ``Normalize`` (float32 divide by 255,
+    subtract the mean, divide by the std), done once for the batch on the device.
+    """
+    import torch
+
+    if not isinstance(pixels, torch.Tensor):
+        pixels = torch.from_numpy(pixels)
+    cuda = torch.device(device).type == "cuda"
+    if cuda and pixels.device.type == "cpu":
+        pixels = pixels.pin_memory()  # page-locked, so the copy overlaps with the GPU's work
+    x = pixels.to(device, non_blocking=cuda).permute(0, 3, 1, 2).float().div(255)
+    if split.mean is not None and split.std is not None:
+        mean = torch.as_tensor(split.mean, dtype=x.dtype, device=x.device)[None, :, None, None]
+        std = torch.as_tensor(split.std, dtype=x.dtype, device=x.device)[None, :, None, None]
+        x = x.sub(mean).div(std)
+    return x.contiguous().to(dtype)
+
+
+@dataclass(frozen=True)
+class Jpeg:
+    """A JPEG's bytes, left for the batched tensor decoder (nvJPEG on CUDA)."""
+
+    data: bytes
+    orientation: int  # EXIF orientation, 1 (upright) .. 8
+
+
+class Cached:
+    """A decode result that is already an embedding (from the image cache)."""
+
+    __slots__ = ("feature",)
+
+    def __init__(self, feature: Any) -> None:
+        self.feature = feature
+
+
+class Fresh:
+    """Pixels whose embedding is to be stored under ``digest`` once computed."""
+
+    __slots__ = ("digest", "pixels")
+
+    def __init__(self, pixels: Any, digest: str) -> None:
+        self.pixels = pixels
+        self.digest = digest
+
+
+def draft_size(split: Split | None) -> int | None:
+    """The smallest side JPEG draft decoding may reduce an image to without going below the resize."""
+    return split.resize if split is not None and split.resize is not None else None
+
+
+class FileDecoder:
+    """Reads one file and returns its payload for the model: run in a worker process or thread.
+
+    Payloads: uint8 HxWx3 numpy pixels (split transform), a float tensor (whole transform) or a
+    :class:`Jpeg` (left for the batched decoder); wrapped in :class:`Fresh` with the content digest
+    when an image cache is in use. Errors come back as the record's one-line message.
+    """
+
+    def __init__(
+        self,
+        preprocess: Any,
+        split: Split | None,
+        *,
+        digest: bool = False,
+        jpeg_draft: bool = False,
+        raw_jpeg: bool = False,
+    ) -> None:
+        self.preprocess = preprocess
+        self.split = split
+        self.digest = digest
+        self.draft = draft_size(split) if jpeg_draft else None
+        self.raw_jpeg = raw_jpeg and split is not None and split.resize is not None
+
+    def __call__(self, inp: Input) -> tuple[Any, str | None]:
+        if inp.error is not None:
+            return None, inp.error
+        try:
+            data = read_file(inp.path)
+            digest = None
+            if self.digest:  # of the bytes decoded here, so a file changed meanwhile is stored right
+                from .imagecache import content_digest
+
+                digest = content_digest(data)
+            payload = self.decode_bytes(data)
+        except ImageError as e:
+            return None, str(e)
+        return (Fresh(payload, digest) if digest is not None else payload), None
+
+    def decode_bytes(self, data: bytes) -> Any:
+        if self.raw_jpeg and data.startswith(JPEG_MAGIC):
+            jpeg = _raw_jpeg(data)
+            if jpeg is not None:
+                return jpeg
+        image = open_image(io.BytesIO(data), draft=self.draft)
+        try:
+            if self.split is None:
+                return self.preprocess(image)
+            import numpy as np
+
+            out = self.split.pil_stage(image)
+            return np.array(out, dtype=np.uint8).reshape(out.size[1], out.size[0], 3)
+        except Exception as e:  # an image Pillow decoded but the transform cannot take
+            text = " ".join(str(e).split()) or type(e).__name__
+            raise ImageError(f"cannot preprocess image ({text})") from None
+
+
+def _raw_jpeg(data: bytes) -> Jpeg | None:
+    """A JPEG the tensor decoder can take (3-channel or greyscale), with its EXIF orientation."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:  # reads the header only
+            if im.format != "JPEG" or im.mode not in ("RGB", "L"):
+                return None  # CMYK/YCCK and the like: Pillow handles them
+            orientation = int(im.getexif().get(0x0112, 1) or 1)
+    except Exception:
+        return None  # let the ordinary path produce the error message
+    return Jpeg(data, orientation if 1 <= orientation <= 8 else 1)
+
+
+def read_file(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise ImageError("no such file") from None
+    except IsADirectoryError:
+        raise ImageError("is a directory") from None
+    except PermissionError:
+        raise ImageError("permission denied") from None
+    except OSError as e:
+        raise ImageError(f"cannot read ({e.strerror or e})") from None
+
+
+# --- worker processes ---------------------------------------------------------------------------
+
+_worker_decoder: FileDecoder | None = None
+
+
+def _init_worker(decoder: FileDecoder) -> None:
+    global _worker_decoder
+    # Ctrl-C reaches the whole process group; the parent alone decides how the run ends.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _worker_decoder = decoder
+
+
+def _decode_in_worker(inputs: list[Input]) -> list[tuple[Any, str | None]]:
+    decoder = _worker_decoder
+    assert decoder is not None
+    return [decoder(inp) for inp in inputs]
+
+
+def process_pool(decoder: FileDecoder, workers: int) -> Any:
+    """A pool of ``workers`` forked processes, each holding ``decoder``.
+
+    Forked, like PyTorch's DataLoader workers: they start in milliseconds, need no re-import of the
+    caller's ``__main__`` (so library users need no ``if __name__ == "__main__"`` guard), and run
+    only Pillow and numpy code (never torch or CUDA, which must not be used in a forked child):
+    :func:`processes_usable` keeps transforms that need torch on threads.
+    """
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    ctx = mp.get_context("fork")
+    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(decoder,))
+
+
+def processes_usable(decoder: FileDecoder) -> bool:
+    """Whether ``decoder`` may run in forked worker processes (Linux, Pillow-only work)."""
+    import multiprocessing as mp
+
+    if sys.platform != "linux" or "fork" not in mp.get_all_start_methods():
+        return False  # macOS and Windows: fork is unsafe or missing; decode in threads
+    return isinstance(decoder.split.pil_stage if decoder.split else None, StandardPilStage)
+
+
+def decode_in_worker_fn() -> Any:
+    return _decode_in_worker
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
