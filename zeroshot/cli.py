@@ -227,7 +227,9 @@ def classify(
     pretrained: PretrainedOpt = None,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per model call.")] = 32,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", "-b", min=1, help="Images per model call (default: 32; 256 on CUDA).")
+    ] = None,
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Labels per record (at most the classes).")] = 5,
     workers: WorkersOpt = None,
     decoder: Annotated[
@@ -262,7 +264,7 @@ def classify(
     Exit code 1 if any input could not be classified.
     """
     from .images import iter_inputs
-    from .pipeline import DECODERS, DecodeOptions, classify_inputs
+    from .pipeline import DECODERS, DecodeOptions, classify_inputs, default_batch_size
 
     if decoder not in DECODERS:
         raise UsageError(f"--decoder must be one of {', '.join(DECODERS)}, not {decoder!r}")
@@ -294,7 +296,13 @@ def classify(
     try:
         options = DecodeOptions(workers=workers, decoder=decoder, jpeg_draft=jpeg_draft)
         records = classify_inputs(
-            loaded, text, stream, top_k=top_k, batch_size=batch_size, image_cache=image_cache, options=options
+            loaded,
+            text,
+            stream,
+            top_k=top_k,
+            batch_size=batch_size or default_batch_size(loaded.device),
+            image_cache=image_cache,
+            options=options,
         )
         for record in records:
             _write_record(record)
@@ -390,7 +398,9 @@ def eval_cmd(
     split: Annotated[str, typer.Option("--split", help="IDX split: test or train.")] = "test",
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="Evaluate only the first N images.")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per model call.")] = 64,
-    workers: WorkersOpt = None,
+    workers: Annotated[
+        int | None, typer.Option("--workers", min=0, help="Decoding threads (default: a quarter of the cores).")
+    ] = None,
     no_cache: NoCacheOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
