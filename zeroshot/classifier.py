@@ -173,6 +173,36 @@ def _encode_grouped(loaded: LoadedModel, tokens: Any, groups: list[list[int]], b
     return out
 
 
+def tokenize(loaded: LoadedModel, texts: list[str]) -> Any:
+    """The model's tokens for ``texts``; a prompt longer than the model's context is an error.
+
+    open_clip's tokenizer silently cuts a long prompt to the context length (77 for CLIP), so the
+    model would embed the start of it. Only rows that fill the context can have been cut; for
+    those the exact length is counted (open_clip's ``SimpleTokenizer``) and any that do not fit
+    are reported by :class:`~zeroshot.errors.PromptError`, naming the first.
+    """
+    tokens = loaded.tokenizer(texts)
+    full = (tokens[:, -1] != 0).nonzero().flatten().tolist() if len(texts) else []
+    tok = loaded.tokenizer
+    encode, clean = getattr(tok, "encode", None), getattr(tok, "clean_fn", None)
+    if not full or encode is None or clean is None or getattr(tok, "reduction_fn", None) is not None:
+        return tokens
+    context = tokens.shape[1]
+    over = [(texts[i], len(encode(clean(texts[i]))) + 2) for i in full]
+    over = [(t, n) for t, n in over if n > context]
+    if over:
+        from .errors import PromptError
+
+        text, n = over[0]
+        shown = text if len(text) <= 80 else text[:77] + "..."
+        more = f" (and {len(over) - 1} more)" if len(over) > 1 else ""
+        raise PromptError(
+            f"prompt {shown!r} is {n} tokens, over the {context} this model reads{more}: "
+            "shorten the label or the template"
+        )
+    return tokens
+
+
 def encode_texts(loaded: LoadedModel, texts: list[str], batch_size: int = 256, trim: bool | None = None) -> Any:
     """L2-normalized embeddings of ``texts`` [N, dim], float32, in the order given.
 
@@ -185,7 +215,7 @@ def encode_texts(loaded: LoadedModel, texts: list[str], batch_size: int = 256, t
 
     model = loaded.model
     trim = trimmable(model) if trim is None else trim
-    tokens = loaded.tokenizer(texts)
+    tokens = tokenize(loaded, texts)
     order = torch.argsort((tokens != 0).sum(dim=1), stable=True) if trim else torch.arange(len(texts))
     out = torch.empty(len(texts), 0)
     chunks = []
@@ -221,7 +251,7 @@ def encode_prompt_set(
     if (trim is None or trim) and prompts and prefix_shareable(loaded.model):
         # Class-major order: template t of class c is row c * T + t; one group per template.
         groups = [list(range(t, len(prompts), num_templates)) for t in range(num_templates)]
-        per_prompt = _encode_grouped(loaded, loaded.tokenizer(prompts), groups, batch_size)
+        per_prompt = _encode_grouped(loaded, tokenize(loaded, prompts), groups, batch_size)
     else:
         per_prompt = encode_texts(loaded, prompts, batch_size, trim)
     with torch.inference_mode():

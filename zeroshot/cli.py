@@ -248,6 +248,15 @@ def classify(
             "slightly, see README).",
         ),
     ] = False,
+    max_pixels: Annotated[
+        int,
+        typer.Option(
+            "--max-pixels",
+            min=0,
+            help="Refuse images whose header declares more pixels than this (default 178956970, "
+            "Pillow's own limit; 0: no limit). Checked before decoding.",
+        ),
+    ] = 178_956_970,
     no_cache: NoCacheOpt = False,
     cache_images: Annotated[
         bool,
@@ -294,7 +303,7 @@ def classify(
         progress.start()
         task = progress.add_task("classify", total=None)
     try:
-        options = DecodeOptions(workers=workers, decoder=decoder, jpeg_draft=jpeg_draft)
+        options = DecodeOptions(workers=workers, decoder=decoder, jpeg_draft=jpeg_draft, max_pixels=max_pixels)
         records = classify_inputs(
             loaded,
             text,

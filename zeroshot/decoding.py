@@ -19,7 +19,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from .images import ImageError, Input, open_image
+from .images import DEFAULT_MAX_PIXELS, ImageError, Input, open_image
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 
@@ -179,8 +179,10 @@ class FileDecoder:
         digest: bool = False,
         jpeg_draft: bool = False,
         raw_jpeg: bool = False,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
     ) -> None:
         self.preprocess = preprocess
+        self.max_pixels = max_pixels
         self.split = split
         self.digest = digest
         self.draft = draft_size(split) if jpeg_draft else None
@@ -203,10 +205,10 @@ class FileDecoder:
 
     def decode_bytes(self, data: bytes) -> Any:
         if self.raw_jpeg and data.startswith(JPEG_MAGIC):
-            jpeg = _raw_jpeg(data)
+            jpeg = _raw_jpeg(data, self.max_pixels)
             if jpeg is not None:
                 return jpeg
-        image = open_image(io.BytesIO(data), draft=self.draft)
+        image = open_image(io.BytesIO(data), draft=self.draft, max_pixels=self.max_pixels)
         try:
             if self.split is None:
                 return self.preprocess(image)
@@ -219,7 +221,7 @@ class FileDecoder:
             raise ImageError(f"cannot preprocess image ({text})") from None
 
 
-def _raw_jpeg(data: bytes) -> Jpeg | None:
+def _raw_jpeg(data: bytes, max_pixels: int | None) -> Jpeg | None:
     """A JPEG the tensor decoder can take (3-channel or greyscale), with its EXIF orientation."""
     from PIL import Image
 
@@ -227,6 +229,8 @@ def _raw_jpeg(data: bytes) -> Jpeg | None:
         with Image.open(io.BytesIO(data)) as im:  # reads the header only
             if im.format != "JPEG" or im.mode not in ("RGB", "L"):
                 return None  # CMYK/YCCK and the like: Pillow handles them
+            if max_pixels and im.size[0] * im.size[1] > max_pixels:
+                return None  # Pillow's path refuses it with the message
             orientation = int(im.getexif().get(0x0112, 1) or 1)
     except Exception:
         return None  # let the ordinary path produce the error message

@@ -88,8 +88,8 @@ def _expand(path: str) -> Iterator[Input]:
         for inp in walk_images(path, set()):
             found = True
             yield inp
-        if not found:
-            log.warning("no image files under %s", path)
+        if not found:  # every input on the command line gets a record, an empty folder too
+            yield Input(path, error="no image files in this folder")
     else:
         yield Input(path, error=None if os.path.lexists(path) else "no such file")
 
@@ -125,16 +125,32 @@ def to_8bit(im: Any) -> Any:
     return Image.fromarray(np.clip(np.rint(arr * scale), 0, 255).astype(np.uint8), "L")
 
 
-def open_image(path: str | IO[bytes], draft: int | None = None) -> Any:
+# Pillow's own limit raises past 2x its MAX_IMAGE_PIXELS (89.5M); the same 179M pixels is the
+# default here (0.5 GB as RGB), checked on the header before any pixel memory is allocated.
+DEFAULT_MAX_PIXELS = 178_956_970
+
+
+def check_pixels(width: int, height: int, max_pixels: int | None) -> None:
+    if max_pixels and width * height > max_pixels:
+        raise ImageError(
+            f"refused: {width}x{height} is {width * height:,} pixels, over the --max-pixels limit of {max_pixels:,}"
+        )
+
+
+def open_image(path: str | IO[bytes], draft: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Any:
     """Decode a file (a path or a binary file object) fully, apply its EXIF orientation, return it.
 
     ``draft`` (opt-in, changes pixels): let a JPEG decoder reduce the image by 2, 4 or 8 while
     decoding (libjpeg's DCT scaling), as long as both sides stay at least ``draft`` pixels.
+    ``max_pixels`` (None or 0: no limit): images whose header declares more pixels are refused
+    before they are decoded (a decompression bomb is a few bytes claiming gigapixels).
     """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
+    Image.MAX_IMAGE_PIXELS = None  # the limit is ours (max_pixels), applied below to every format
     try:
         with Image.open(path) as im:
+            check_pixels(im.size[0], im.size[1], max_pixels)
             if draft is not None and im.format == "JPEG":
                 im.draft(im.mode, (draft, draft))
             im.load()
@@ -142,12 +158,16 @@ def open_image(path: str | IO[bytes], draft: int | None = None) -> Any:
             if oriented is im:
                 oriented = im.copy()
             return to_8bit(oriented)
+    except ImageError:
+        raise
     except FileNotFoundError:
         raise ImageError("no such file") from None
     except IsADirectoryError:
         raise ImageError("is a directory") from None
     except PermissionError:
         raise ImageError("permission denied") from None
+    except MemoryError:
+        raise ImageError("out of memory decoding this image") from None
     except UnidentifiedImageError:
         raise ImageError("not an image (unrecognised format)") from None
     except Image.DecompressionBombError as e:

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from .classifier import TextClassifier
 from .decoding import Cached, FileDecoder, Fresh, Jpeg, cpu_count, processes_usable, split_preprocess
-from .images import ImageError, Input
+from .images import DEFAULT_MAX_PIXELS, ImageError, Input
 from .models import LoadedModel
 from .ranking import error_record, probabilities, records
 
@@ -182,6 +182,7 @@ class DecodeOptions:
     worker_kind: str = "process"
     decoder: str = "auto"
     jpeg_draft: bool = False
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
 
 
 def _resolve_decoder(name: str, device: Any, split: Any) -> str:
@@ -241,6 +242,7 @@ def classify_inputs(
         digest=image_cache is not None,
         jpeg_draft=opts.jpeg_draft,
         raw_jpeg=decoder_name == "batched",
+        max_pixels=opts.max_pixels,
     )
 
     def cached(inp: Input) -> tuple[Any, str | None] | None:
@@ -263,7 +265,8 @@ def classify_inputs(
 
         assert isinstance(split.pil_stage, StandardPilStage)
         batched = BatchJpegDecoder(split.pil_stage, device)
-    fallback = FileDecoder(loaded.preprocess, split, jpeg_draft=opts.jpeg_draft)  # for what nvJPEG refuses
+    # For the JPEGs nvJPEG refuses:
+    fallback = FileDecoder(loaded.preprocess, split, jpeg_draft=opts.jpeg_draft, max_pixels=opts.max_pixels)
 
     scale = loaded.logit_scale
     weights = text.weights.to(device)
