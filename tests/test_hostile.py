@@ -204,6 +204,10 @@ def test_max_pixels_is_checked_before_decoding(tmp_path):
     assert "3,600,000,000 pixels" in records[1]["error"]
     result = run_cli("classify", str(small), *MODEL, "--max-pixels", "0")
     assert result.returncode == 0
+    # A thin strip within the limit whose resize for the model would not be (28 x 70,000 here).
+    Image.new("L", (2, 5000), 128).save(tmp_path / "strip.png")
+    result = run_cli("classify", str(tmp_path / "strip.png"), *MODEL, "--max-pixels", "20000")
+    assert "would be resized to 28x70000" in json.loads(result.stdout)["error"]
 
 
 @pytest.fixture(scope="module")

@@ -205,7 +205,7 @@ class FileDecoder:
 
     def decode_bytes(self, data: bytes) -> Any:
         if self.raw_jpeg and data.startswith(JPEG_MAGIC):
-            jpeg = _raw_jpeg(data, self.max_pixels)
+            jpeg = _raw_jpeg(data, self.max_pixels, self.split.pil_stage if self.split else None)
             if jpeg is not None:
                 return jpeg
         image = open_image(io.BytesIO(data), draft=self.draft, max_pixels=self.max_pixels)
@@ -214,14 +214,26 @@ class FileDecoder:
                 return self.preprocess(image)
             import numpy as np
 
-            out = self.split.pil_stage(image)
+            stage = self.split.pil_stage
+            if isinstance(stage, StandardPilStage) and self.max_pixels:
+                # A 2x5000000 strip is within the limit, but resizing its short side to the model's
+                # size would make a 224x560000000 intermediate: refuse that too.
+                w, h = stage.resized_size(*image.size)
+                if w * h > self.max_pixels:
+                    raise ImageError(
+                        f"refused: {image.size[0]}x{image.size[1]} would be resized to {w}x{h} for the model, "
+                        f"over the --max-pixels limit of {self.max_pixels:,}"
+                    )
+            out = stage(image)
             return np.array(out, dtype=np.uint8).reshape(out.size[1], out.size[0], 3)
+        except ImageError:
+            raise
         except Exception as e:  # an image Pillow decoded but the transform cannot take
             text = " ".join(str(e).split()) or type(e).__name__
             raise ImageError(f"cannot preprocess image ({text})") from None
 
 
-def _raw_jpeg(data: bytes, max_pixels: int | None) -> Jpeg | None:
+def _raw_jpeg(data: bytes, max_pixels: int | None, stage: Any = None) -> Jpeg | None:
     """A JPEG the tensor decoder can take (3-channel or greyscale), with its EXIF orientation."""
     from PIL import Image
 
@@ -231,6 +243,10 @@ def _raw_jpeg(data: bytes, max_pixels: int | None) -> Jpeg | None:
                 return None  # CMYK/YCCK and the like: Pillow handles them
             if max_pixels and im.size[0] * im.size[1] > max_pixels:
                 return None  # Pillow's path refuses it with the message
+            if max_pixels and isinstance(stage, StandardPilStage):
+                w, h = stage.resized_size(*im.size)
+                if w * h > max_pixels:
+                    return None  # likewise: its resize for the model would be too big
             orientation = int(im.getexif().get(0x0112, 1) or 1)
     except Exception:
         return None  # let the ordinary path produce the error message
