@@ -265,6 +265,19 @@ def classify(
             help="Store image embeddings by file content, so re-running with new labels skips the image model.",
         ),
     ] = False,
+    min_score: Annotated[
+        float | None,
+        typer.Option(
+            "--min-score",
+            help='Below this top score the record says "label": null (none of these); its top_k stays.',
+        ),
+    ] = None,
+    fmt: Annotated[
+        str, typer.Option("--format", "-f", help="jsonl (default, one record per line), json, csv or table.")
+    ] = "jsonl",
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write records to FILE (atomically) instead of stdout.")
+    ] = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Classify images; one JSON record per input on stdout, in input order.
@@ -273,8 +286,15 @@ def classify(
     Exit code 1 if any input could not be classified.
     """
     from .images import iter_inputs
+    from .output import FORMATS, RecordWriter, apply_min_score
     from .pipeline import DECODERS, DecodeOptions, classify_inputs, default_batch_size
 
+    if min_score is not None and not 0.0 <= min_score <= 1.0:
+        raise UsageError(f"--min-score must be between 0 and 1, not {min_score}")
+    if fmt not in FORMATS:
+        raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    if output is not None and not (output.parent if str(output.parent) else Path(".")).is_dir():
+        raise UsageError(f"--output {output}: its folder does not exist")
     if decoder not in DECODERS:
         raise UsageError(f"--decoder must be one of {', '.join(DECODERS)}, not {decoder!r}")
     if not inputs:
@@ -302,6 +322,7 @@ def classify(
         )  # fmt: skip
         progress.start()
         task = progress.add_task("classify", total=None)
+    writer = RecordWriter(fmt, str(output) if output is not None else None)
     try:
         options = DecodeOptions(workers=workers, decoder=decoder, jpeg_draft=jpeg_draft, max_pixels=max_pixels)
         records = classify_inputs(
@@ -314,12 +335,14 @@ def classify(
             options=options,
         )
         for record in records:
-            _write_record(record)
+            writer.write(apply_min_score(record, min_score))
             total += 1
             failed += "error" in record
             if progress is not None and task is not None:
                 progress.advance(task)
+        writer.close()
     finally:
+        writer.abort()  # only does something if the run did not finish: no half-written --output file
         if progress is not None:
             progress.stop()
         if image_cache is not None:

@@ -1,0 +1,114 @@
+"""--format, --output and --min-score: the same records in every shape, written atomically."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from zeroshot.cli import app
+from zeroshot.models import BUNDLED_NAME
+
+from .conftest import make_image
+
+BASE = ["--model", BUNDLED_NAME, "--dataset", "fashion-mnist", "-k", "3", "-q"]
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("out")
+    paths = [str(make_image(folder / f"{i}.png", i, (28, 28), mode="L")) for i in range(4)]
+    return [*paths, str(folder / "missing.png")]
+
+
+def run(*args):
+    result = CliRunner().invoke(app, ["classify", *args])
+    return result
+
+
+def test_every_format_carries_the_same_records(inputs):
+    jsonl = run(*inputs, *BASE)
+    assert jsonl.exit_code == 1
+    records = [json.loads(line) for line in jsonl.stdout.splitlines()]
+    assert len(records) == 5 and "error" in records[-1]
+
+    as_json = run(*inputs, *BASE, "--format", "json")
+    assert json.loads(as_json.stdout) == records
+
+    rows = list(csv.DictReader(io.StringIO(run(*inputs, *BASE, "-f", "csv").stdout)))
+    assert [r["path"] for r in rows] == [r["path"] for r in records]
+    for row, rec in zip(rows, records, strict=True):
+        if "error" in rec:
+            assert row["error"] == rec["error"] and row["label"] == "" and row["top_k"] == ""
+        else:
+            assert row["label"] == rec["label"] and float(row["score"]) == rec["score"]
+            assert json.loads(row["top_k"]) == rec["top_k"]
+
+    table = run(*inputs, *BASE, "--format", "table").stdout
+    for rec in records:
+        assert os.path.basename(rec["path"]) in table
+        assert rec.get("label", "error") in table
+
+    empty = run(*BASE, "--format", "json", inputs[-1])
+    assert json.loads(empty.stdout) == [{"path": inputs[-1], "error": "no such file"}]
+    assert run(*inputs, *BASE, "--format", "xml").exit_code == 2
+
+
+def test_min_score_turns_low_confidence_into_null(inputs):
+    records = [json.loads(line) for line in run(*inputs, *BASE).stdout.splitlines()]
+    scores = sorted(r["score"] for r in records if "error" not in r)
+    cut = (scores[1] + scores[2]) / 2  # two images below, two above
+    gated = [json.loads(line) for line in run(*inputs, *BASE, "--min-score", str(cut)).stdout.splitlines()]
+    for before, after in zip(records, gated, strict=True):
+        if "error" in before:
+            assert after == before
+        elif before["score"] < cut:
+            assert after["label"] is None and after["score"] == before["score"] and after["top_k"] == before["top_k"]
+        else:
+            assert after == before
+    assert sum(r.get("label", "x") is None for r in gated) == 2
+    assert run(*inputs, *BASE, "--min-score", "1.5").exit_code == 2
+
+
+def test_output_file_is_written_whole(inputs, tmp_path):
+    (tmp_path / "o").mkdir()
+    target = tmp_path / "o" / "records.jsonl"
+    result = run(*inputs, *BASE, "--output", str(target))
+    assert result.stdout == ""
+    assert [json.loads(line)["path"] for line in target.read_text().splitlines()] == inputs
+    assert [p.name for p in target.parent.iterdir()] == ["records.jsonl"]
+    assert run(*inputs, *BASE, "-o", str(tmp_path / "no" / "such" / "dir.jsonl")).exit_code == 2
+
+
+def test_interrupted_run_leaves_no_half_file(tmp_path):
+    folder = tmp_path / "many"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3000):
+        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8), "L").save(folder / f"{i:04d}.png")
+    (tmp_path / "o").mkdir()
+    target = tmp_path / "o" / "out.csv"
+    target.write_text("old contents\n")
+    args = [sys.executable, "-m", "zeroshot", "classify", str(folder), *BASE, "-f", "csv", "-o", str(target),
+            "--workers", "1"]  # fmt: skip
+    proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
+    for _ in range(600):  # wait until it is writing (its temporary file exists)
+        if any(p.name.endswith(".tmp") for p in target.parent.iterdir()):
+            break
+        assert proc.poll() is None
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err
+    assert target.read_text() == "old contents\n"  # the old file untouched
+    assert [p.name for p in target.parent.iterdir()] == ["out.csv"]  # no temporary file left

@@ -1,0 +1,117 @@
+"""Writing classify records: JSON Lines (default), a JSON array, CSV or a table, to stdout or a file.
+
+JSON Lines and CSV stream, one line per record as it is produced; a JSON array streams too and is
+valid once the run ends; the table is drawn at the end. ``--output FILE`` writes to a temporary
+file beside FILE and renames it into place when the run ends, so FILE is never half-written (an
+interrupted run leaves the old FILE, or none, and no temporary file).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import IO, Any
+
+FORMATS = ("jsonl", "json", "csv", "table")
+CSV_COLUMNS = ["path", "label", "score", "error", "top_k"]
+
+
+def apply_min_score(record: dict[str, Any], min_score: float | None) -> dict[str, Any]:
+    """``label`` becomes None when the best score is under ``min_score`` (the record keeps its top-k)."""
+    if min_score is not None and "error" not in record and record["score"] < min_score:
+        return {**record, "label": None}
+    return record
+
+
+def _json_line(record: dict[str, Any]) -> bytes:
+    try:
+        return json.dumps(record, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:  # a file name that is not valid UTF-8: escape it instead
+        return json.dumps(record, ensure_ascii=True).encode("ascii")
+
+
+class RecordWriter:
+    """Writes records in one format to ``path`` (atomically) or to stdout."""
+
+    def __init__(self, fmt: str, path: str | None = None) -> None:
+        if fmt not in FORMATS:
+            from .errors import UsageError
+
+            raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+        self.fmt = fmt
+        self.path = Path(path) if path else None
+        self.tmp: Path | None = None
+        self.count = 0
+        self.rows: list[dict[str, Any]] = []
+        if self.path is not None:
+            fd, name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent or ".")
+            self.tmp = Path(name)
+            self.out: IO[bytes] = os.fdopen(fd, "wb")
+        else:
+            self.out = sys.stdout.buffer
+        if fmt == "csv":
+            self._csv_row(CSV_COLUMNS)
+
+    def _csv_row(self, values: list[Any]) -> None:
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="\n").writerow(values)
+        self._emit(buf.getvalue().encode("utf-8", "backslashreplace"))
+
+    def _emit(self, data: bytes) -> None:
+        self.out.write(data)
+        if self.path is None:
+            self.out.flush()
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.fmt == "jsonl":
+            self._emit(_json_line(record) + b"\n")
+        elif self.fmt == "json":
+            self._emit((b"[\n" if self.count == 0 else b",\n") + _json_line(record))
+        elif self.fmt == "csv":
+            top = json.dumps(record.get("top_k", []), ensure_ascii=False) if "top_k" in record else ""
+            label = record.get("label")
+            self._csv_row([record["path"], "" if label is None else label, record.get("score", ""),
+                           record.get("error", ""), top])  # fmt: skip
+        else:
+            self.rows.append(record)
+        self.count += 1
+
+    def close(self) -> None:
+        """Finish the output (closing bracket, table) and move the file into place."""
+        if self.fmt == "json":
+            self._emit(b"[]\n" if self.count == 0 else b"\n]\n")
+        elif self.fmt == "table":
+            self._table()
+        if self.path is not None and self.tmp is not None:
+            self.out.flush()
+            os.fsync(self.out.fileno())
+            self.out.close()
+            os.replace(self.tmp, self.path)
+            self.tmp = None
+
+    def abort(self) -> None:
+        """Drop a half-written output file (an interrupted or failed run)."""
+        if self.tmp is not None:
+            self.out.close()
+            self.tmp.unlink(missing_ok=True)
+            self.tmp = None
+
+    def _table(self) -> None:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table("path", "label", "score", "next best")
+        for r in self.rows:
+            if "error" in r:
+                table.add_row(r["path"], "[red]error[/red]", "", r["error"])
+                continue
+            rest = ", ".join(f"{t['label']} {t['score']:.3f}" for t in r["top_k"][1:3])
+            table.add_row(r["path"], "—" if r["label"] is None else r["label"], f"{r['score']:.4f}", rest)
+        buf = io.StringIO()
+        Console(file=buf, width=120, force_terminal=False, color_system=None).print(table)
+        self._emit(buf.getvalue().encode("utf-8"))
