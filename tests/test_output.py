@@ -102,8 +102,8 @@ def test_interrupted_run_leaves_no_half_file(tmp_path):
     args = [sys.executable, "-m", "zeroshot", "classify", str(folder), *BASE, "-f", "csv", "-o", str(target),
             "--workers", "1"]  # fmt: skip
     proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
-    for _ in range(600):  # wait until it is writing (its temporary file exists)
-        if any(p.name.endswith(".tmp") for p in target.parent.iterdir()):
+    for _ in range(600):  # wait until records are being written (its temporary file has grown)
+        if any(p.name.endswith(".tmp") and p.stat().st_size > 0 for p in target.parent.iterdir()):
             break
         assert proc.poll() is None
         time.sleep(0.05)
