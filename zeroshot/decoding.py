@@ -19,7 +19,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from .images import DEFAULT_MAX_PIXELS, ImageError, Input, open_image
+from .images import DEFAULT_MAX_PIXELS, ImageError, Input, open_image, os_error
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 
@@ -257,14 +257,8 @@ def read_file(path: str) -> bytes:
     try:
         with open(path, "rb") as f:
             return f.read()
-    except FileNotFoundError:
-        raise ImageError("no such file") from None
-    except IsADirectoryError:
-        raise ImageError("is a directory") from None
-    except PermissionError:
-        raise ImageError("permission denied") from None
     except OSError as e:
-        raise ImageError(f"cannot read ({e.strerror or e})") from None
+        raise os_error(e) from None
 
 
 # --- worker processes ---------------------------------------------------------------------------
@@ -279,7 +273,7 @@ def _init_worker(decoder: FileDecoder) -> None:
     _worker_decoder = decoder
 
 
-def _decode_in_worker(inputs: list[Input]) -> list[tuple[Any, str | None]]:
+def decode_in_worker(inputs: list[Input]) -> list[tuple[Any, str | None]]:
     decoder = _worker_decoder
     assert decoder is not None
     return [decoder(inp) for inp in inputs]
@@ -307,10 +301,6 @@ def processes_usable(decoder: FileDecoder) -> bool:
     if sys.platform != "linux" or "fork" not in mp.get_all_start_methods():
         return False  # macOS and Windows: fork is unsafe or missing; decode in threads
     return isinstance(decoder.split.pil_stage if decoder.split else None, StandardPilStage)
-
-
-def decode_in_worker_fn() -> Any:
-    return _decode_in_worker
 
 
 def cpu_count() -> int:

@@ -98,6 +98,17 @@ class ImageError(Exception):
     """An input that cannot be turned into an image; the message is the record's ``error``."""
 
 
+def os_error(e: OSError) -> ImageError:
+    """The record's message for a file that cannot be opened or read."""
+    if isinstance(e, FileNotFoundError):
+        return ImageError("no such file")
+    if isinstance(e, IsADirectoryError):
+        return ImageError("is a directory")
+    if isinstance(e, PermissionError):
+        return ImageError("permission denied")
+    return ImageError(f"cannot read ({e.strerror or e})")
+
+
 def to_8bit(im: Any) -> Any:
     """High-bit-depth greyscale (16-bit, 32-bit int, float) as 8-bit 'L', scaled by its type's range.
 
@@ -160,12 +171,8 @@ def open_image(path: str | IO[bytes], draft: int | None = None, max_pixels: int 
             return to_8bit(oriented)
     except ImageError:
         raise
-    except FileNotFoundError:
-        raise ImageError("no such file") from None
-    except IsADirectoryError:
-        raise ImageError("is a directory") from None
-    except PermissionError:
-        raise ImageError("permission denied") from None
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as e:
+        raise os_error(e) from None
     except MemoryError:
         raise ImageError("out of memory decoding this image") from None
     except UnidentifiedImageError:

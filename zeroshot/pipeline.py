@@ -363,10 +363,10 @@ def classify_inputs(
         good = 0
         pool_factory = remote = None
         if workers >= 1 and opts.worker_kind == "process" and processes_usable(decoder):
-            from .decoding import decode_in_worker_fn, process_pool
+            from .decoding import decode_in_worker, process_pool
 
             pool_factory = lambda: process_pool(decoder, workers)  # noqa: E731
-            remote = decode_in_worker_fn()
+            remote = decode_in_worker
         look = lookahead_for(batch_size, max(1, workers))
         stream = decode_stream(inputs, decoder, workers, look, pool_factory, remote, PROCESS_CHUNK, cached)
         for item in stream:
