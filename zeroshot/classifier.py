@@ -241,11 +241,14 @@ def encode_prompt_set(
     ``trim=False`` runs everything padded to the context length, as open_clip does.
 
     Each prompt embedding is L2-normalized, a class's prompts are averaged, and the average is
-    L2-normalized again (open_clip's ``build_zero_shot_classifier``).
+    L2-normalized again (open_clip's ``build_zero_shot_classifier``). With per-class prompts
+    (``prompt_set.specs``) a class averages exactly its own prompts, however many.
     """
     import torch
     import torch.nn.functional as F
 
+    if not prompt_set.uniform:
+        return _encode_per_class(loaded, prompt_set, batch_size, trim)
     num_classes, num_templates = len(prompt_set.classes), len(prompt_set.templates)
     prompts = prompt_set.all_prompts()
     if (trim is None or trim) and prompts and prefix_shareable(loaded.model):
@@ -257,6 +260,40 @@ def encode_prompt_set(
     with torch.inference_mode():
         mean = per_prompt.reshape(num_classes, num_templates, -1).mean(dim=1)
         return F.normalize(mean, dim=-1)
+
+
+def _encode_per_class(loaded: LoadedModel, prompt_set: PromptSet, batch_size: int, trim: bool | None) -> Any:
+    """:func:`encode_prompt_set` for classes with prompts of their own (a different count each)."""
+    import torch
+    import torch.nn.functional as F
+
+    prompts: list[str] = []
+    owner: list[int] = []
+    by_template: dict[int, list[int]] = {}  # template index -> rows, for prefix sharing
+    literal: list[int] = []
+    templates = prompt_set.templates
+    for c, name in enumerate(prompt_set.classes):
+        spec = prompt_set.spec(c)
+        texts: tuple[str, ...] = (name,) if spec is None else (spec.texts or (name,))
+        if spec is None or spec.prompts is None:
+            for text in texts:
+                for t, template in enumerate(templates):
+                    by_template.setdefault(t, []).append(len(prompts))
+                    prompts.append(template.replace("{label}", text))
+                    owner.append(c)
+        for extra in () if spec is None else (spec.prompts if spec.prompts is not None else spec.extra):
+            literal.append(len(prompts))
+            prompts.append(extra)
+            owner.append(c)
+    if (trim is None or trim) and prefix_shareable(loaded.model):
+        groups = [g for g in (*by_template.values(), literal) if g]
+        per_prompt = _encode_grouped(loaded, tokenize(loaded, prompts), groups, batch_size)
+    else:
+        per_prompt = encode_texts(loaded, prompts, batch_size, trim)
+    with torch.inference_mode():
+        rows = torch.tensor(owner, device=per_prompt.device)
+        means = [per_prompt[rows == c].mean(dim=0) for c in range(len(prompt_set.classes))]
+        return F.normalize(torch.stack(means), dim=-1)
 
 
 def _package_version(name: str) -> str:
@@ -278,6 +315,8 @@ def text_cache_key(spec: ModelSpec, prompt_set: PromptSet, precision: str = "fp3
             "precision": precision,
             "classes": list(prompt_set.classes),
             "templates": list(prompt_set.templates),
+            # Only present when some class has prompts of its own, so plain sets keep their keys.
+            **({"class_prompts": prompt_set.specs_data()} if not prompt_set.uniform else {}),
         }
     )
 
@@ -328,6 +367,7 @@ def get_text_classifier(
                 "model": spec.label,
                 "classes": len(prompt_set.classes),
                 "templates": len(prompt_set.templates),
+                "prompts": prompt_set.prompt_count(),
             },
         )
     if device is not None:

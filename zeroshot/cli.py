@@ -398,7 +398,7 @@ def build_prompts(
             "name": prompt_set.name,
             "classes": len(prompt_set.classes),
             "templates": len(prompt_set.templates),
-            "prompts": len(prompt_set.classes) * len(prompt_set.templates),
+            "prompts": prompt_set.prompt_count(),
             "model": spec.model,
             "pretrained": spec.pretrained,
             "precision": prec,
@@ -485,6 +485,47 @@ def models(
         else:
             sys.stdout.write(f"{name}\t{', '.join(tags) if tags else '-'}{chr(9) + note if note else ''}\n")
     sys.stdout.flush()
+
+
+@app.command()
+@handle_errors
+def datasets(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON record per dataset, for scripts.")] = False,
+) -> None:
+    """List the bundled prompt packs (for --dataset): classes, templates, description."""
+    from .prompts import datasets as bundled
+
+    packs = bundled()
+    if as_json:
+        for p in packs:
+            _write_record(
+                {
+                    "name": p.name,
+                    "classes": len(p.classes),
+                    "templates": len(p.templates),
+                    "prompts": p.prompt_count(),
+                    "classes_with_own_prompts": len(p.specs_data()),
+                    "description": p.description,
+                    "source": p.source,
+                    "aliases": list(p.aliases),
+                    "file": p.origin,
+                }
+            )
+        return
+    columns = ("name", "classes", "templates", "description")
+    rows = [(p.name, str(len(p.classes)), str(len(p.templates)), p.description) for p in packs]
+    if not sys.stdout.isatty():  # tab-separated lines for pipes and pagers
+        for row in [columns, *rows]:
+            sys.stdout.write("\t".join(row) + "\n")
+        sys.stdout.flush()
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(*columns, title=f"{len(packs)} prompt packs (zeroshot classify --dataset NAME)")
+    for row in rows:
+        table.add_row(*row)
+    Console().print(table)
 
 
 @app.command("cache")

@@ -152,7 +152,7 @@ def evaluate(
     if per_template and len(prompt_set.templates) > 1:
         singles = {}
         for template in prompt_set.templates:
-            one = PromptSet(name=template, classes=prompt_set.classes, templates=(template,))
+            one = prompt_set.with_templates((template,), name=template)
             singles[template] = _top1(feats, encode_prompt_set(loaded, one).to(feats.device).float(), labels)
         mean = sum(singles.values()) / len(singles)
         out["template_top1"] = singles
