@@ -59,8 +59,11 @@ def test_at_least_25_datasets_with_unique_names_and_aliases():
             assert _norm(n) not in seen, f"{n!r} names both {seen.get(_norm(n))} and {p.name}"
             seen[_norm(n)] = p.name
     # Aliases reach their pack: CLIP_benchmark's names and common spellings.
-    for alias, name in [("cars", "stanford-cars"), ("pets", "oxford-pets"), ("imagenet1k", "imagenet"),
-                        ("FLOWERS", "flowers102"), ("renderedsst2", "rendered-sst2"), ("fgvc_aircraft", "fgvc-aircraft")]:  # fmt: skip
+    aliases = {
+        "cars": "stanford-cars", "pets": "oxford-pets", "imagenet1k": "imagenet", "FLOWERS": "flowers102",
+        "renderedsst2": "rendered-sst2", "fgvc_aircraft": "fgvc-aircraft",
+    }  # fmt: skip
+    for alias, name in aliases.items():
         assert load_pack(alias).name == name
 
 
