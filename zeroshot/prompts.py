@@ -453,9 +453,9 @@ def resolve_prompt_set(
     given_specs: list[ClassPrompts | None] = []
     origin = []
     if labels_file is not None:
-        names, specs = read_label_entries(labels_file)
+        names, file_specs = read_label_entries(labels_file)
         given += names
-        given_specs += specs
+        given_specs += file_specs
         origin.append(str(labels_file))
     extra = list(labels)
     if extra:
