@@ -187,18 +187,49 @@ def _model_and_text(
     precision: str,
     no_cache: bool,
     show: bool,
+    classifier_file: Any = None,
 ) -> tuple[Any, Any]:
-    """Load the model (spinner for people) and get its text classifier from the cache or build it."""
-    from .classifier import get_text_classifier
+    """Load the model (spinner for people) and get its text classifier: from ``classifier_file``
+    (a :class:`~zeroshot.export.ClassifierFile`, checked against the model), else from the cache
+    or built."""
+    from .classifier import TextClassifier, get_text_classifier
     from .models import load_model, resolve_device, resolve_precision, resolve_spec
 
-    spec = resolve_spec(model, pretrained)
+    if classifier_file is not None and model is None and pretrained is None:
+        spec = _spec_of_classifier_file(classifier_file)
+    else:
+        spec = resolve_spec(model, pretrained)
+    if classifier_file is not None:
+        from .export import check_model
+
+        check_model(classifier_file, spec)  # before loading: a wrong model fails fast
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
     with _status(show, f"loading {spec.label} on {dev} ({prec})"):
         loaded = load_model(spec, dev, prec)
+    if classifier_file is not None:
+        import torch
+
+        check_model(classifier_file, spec, loaded.embed_dim)
+        weights = torch.from_numpy(classifier_file.weights.copy()).to(dev)
+        return loaded, TextClassifier(classifier_file.prompt_set, weights, classifier_file.path, True, 0.0)
     text = get_text_classifier(spec, prompt_set, lambda: loaded, use_cache=not no_cache, device=dev, precision=prec)
     return loaded, text
+
+
+def _spec_of_classifier_file(file: Any) -> Any:
+    """The model a classifier file was built for, found on this machine."""
+    from .errors import ModelLoadError
+    from .models import BUNDLED_NAME, resolve_spec
+
+    if file.model == BUNDLED_NAME:
+        return resolve_spec(BUNDLED_NAME)  # the bundled weights, wherever this install keeps them
+    try:
+        return resolve_spec(file.model, file.pretrained)
+    except ModelLoadError as e:
+        raise ModelLoadError(
+            f"{e} (the model classifier file {file.path} was built with; pass --model/--pretrained)"
+        ) from None
 
 
 def _write_record(record: dict[str, Any]) -> None:
@@ -265,6 +296,14 @@ def classify(
             help="Store image embeddings by file content, so re-running with new labels skips the image model.",
         ),
     ] = False,
+    classifier: Annotated[
+        Path | None,
+        typer.Option(
+            "--classifier",
+            help="A classifier file from build-prompts -o (its classes and embeddings; its model unless "
+            "--model is given, and refused for any other model).",
+        ),
+    ] = None,
     min_score: Annotated[
         float | None,
         typer.Option(
@@ -299,10 +338,21 @@ def classify(
         raise UsageError(f"--decoder must be one of {', '.join(DECODERS)}, not {decoder!r}")
     if not inputs:
         raise UsageError("no inputs: give image files, folders, or - to read paths from stdin")
-    prompt_set = _prompt_set(dataset, labels, label, templates)
+    classifier_file = None
+    if classifier is not None:
+        from .export import load_classifier
+
+        if labels is not None or label or dataset is not None or templates is not None:
+            raise UsageError("--classifier brings its own classes: drop --labels/--label/--dataset/--templates")
+        classifier_file = load_classifier(classifier)
+        prompt_set = classifier_file.prompt_set
+    else:
+        prompt_set = _prompt_set(dataset, labels, label, templates)
     show = not quiet and sys.stderr.isatty()
     console = _console() if show else None
-    loaded, text = _model_and_text(prompt_set, model, pretrained, device, precision, no_cache, show)
+    loaded, text = _model_and_text(
+        prompt_set, model, pretrained, device, precision, no_cache, show, classifier_file=classifier_file
+    )
     image_cache = None
     if cache_images:
         from .imagecache import ImageEmbeddingCache, image_cache_key
@@ -366,11 +416,21 @@ def build_prompts(
     precision: PrecisionOpt = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Prompts per model call.")] = 256,
     force: Annotated[bool, typer.Option("--force", help="Rebuild even if the cache has this classifier.")] = False,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Also export the classifier to FILE (safetensors: embeddings, classes, prompts and the model "
+            "it belongs to) for classify --classifier FILE.",
+        ),
+    ] = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Build the text classifier (averaged prompt embeddings) and store it in the cache.
 
-    Prints one JSON record: what was built, the cache file, whether it was a cache hit, seconds.
+    Prints one JSON record: what was built, the cache file, whether it was a cache hit, seconds
+    (and the exported file with -o).
     """
     from . import cache
     from .classifier import get_text_classifier
@@ -392,7 +452,13 @@ def build_prompts(
         with _status(show, f"loading {spec.label}"):
             return load_model(spec, dev, prec)
 
+    if output is not None and not (output.parent if str(output.parent) else Path(".")).is_dir():
+        raise UsageError(f"--output {output}: its folder does not exist")
     text = get_text_classifier(spec, prompt_set, load, batch_size=batch_size, precision=prec)
+    if output is not None:
+        from .export import save_classifier
+
+        save_classifier(output, spec, prompt_set, text.weights, precision=prec)
     _write_record(
         {
             "name": prompt_set.name,
@@ -404,6 +470,7 @@ def build_prompts(
             "precision": prec,
             "cache_file": str(text.cache_path) if text.cache_path else None,
             "cache_hit": text.cache_hit,
+            **({"output": str(output)} if output is not None else {}),
             "seconds": round(time.perf_counter() - start, 4),
         }
     )
