@@ -136,8 +136,7 @@ def load_classifier(path: str | Path) -> ClassifierFile:
     templates = _json_field(meta, "templates", list, where)
     specs_data = _json_field(meta, "class_prompts", list, where)
     identity = _json_field(meta, "weights_identity", dict, where)
-    shape_ok = weights is not None and weights.dtype == np.float32 and weights.ndim == 2
-    if not shape_ok or weights.shape[0] != len(classes):
+    if weights is None or weights.dtype != np.float32 or weights.ndim != 2 or len(weights) != len(classes):
         raise ClassifierFileError(f"{where}: its 'weights' tensor is missing or not for its {len(classes)} classes")
     if not np.isfinite(weights).all() or np.abs(np.linalg.norm(weights.astype(np.float64), axis=1) - 1).max() > 1e-3:
         raise ClassifierFileError(f"{where}: its rows are not finite unit vectors")
