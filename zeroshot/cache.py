@@ -46,11 +46,24 @@ def hash_memo_dir() -> Path:
     return cache_dir() / HASH_SUBDIR
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the whole new one, never half."""
+def umask_mode() -> int:
+    """The mode a plainly created file gets (0o666 less the umask), for files made with mkstemp (0o600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def atomic_write_bytes(path: Path, data: bytes, *, shared: bool = False) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the whole new one, never half.
+
+    ``shared``: give the file the usual permissions (umask), as for files the user hands on
+    (reports, exported classifiers); otherwise it stays private to the user (0o600), as cache files do.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        if shared:
+            os.fchmod(fd, umask_mode())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -373,3 +373,29 @@ def get_text_classifier(
     if device is not None:
         weights = weights.to(device)
     return TextClassifier(prompt_set, weights, path, False, time.perf_counter() - start)
+
+
+def multilabel_rule(
+    loaded: LoadedModel,
+    prompt_set: PromptSet,
+    threshold: float = 0.5,
+    background: str | None = None,
+    calibration: Any = None,
+) -> Any:
+    """The :class:`~zeroshot.ranking.MultiLabel` rule for this model and prompt set.
+
+    A :class:`~zeroshot.calibration.Calibration` wins; else a model with a learned ``logit_bias``
+    (SigLIP) uses it; else a background class: the prompt set's templates (the default pack's when
+    it has none) filled with ``background``.
+    """
+    from .prompts import DEFAULT_PACK, load_pack
+    from .ranking import DEFAULT_BACKGROUND, MultiLabel
+
+    if calibration is not None:
+        return MultiLabel(threshold=threshold, kind="calibrated", scale=calibration.a, bias=calibration.b)
+    bias = getattr(loaded.model, "logit_bias", None)
+    if bias is not None:
+        return MultiLabel(threshold=threshold, kind="model", bias=float(bias.detach().float().reshape(-1)[0]))
+    templates = prompt_set.templates or load_pack(DEFAULT_PACK).templates
+    ref = PromptSet(name="background", classes=(background or DEFAULT_BACKGROUND,), templates=templates)
+    return MultiLabel(threshold=threshold, kind="background", background=encode_prompt_set(loaded, ref)[0])

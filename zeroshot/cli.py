@@ -304,6 +304,32 @@ def classify(
             "--model is given, and refused for any other model).",
         ),
     ] = None,
+    multi_label: Annotated[
+        bool,
+        typer.Option(
+            "--multi-label",
+            help="Decide each label on its own (images holding several things): records list every label "
+            "scoring at least --threshold under 'labels' (score: see README).",
+        ),
+    ] = False,
+    threshold: Annotated[
+        float, typer.Option("--threshold", help="With --multi-label: the per-label score that counts as present.")
+    ] = 0.5,
+    calibration: Annotated[
+        Path | None,
+        typer.Option(
+            "--calibration",
+            help="A calibration file from eval --calibrate: makes --multi-label scores probabilities "
+            "(implies --multi-label).",
+        ),
+    ] = None,
+    background: Annotated[
+        str,
+        typer.Option(
+            "--background",
+            help="With --multi-label on CLIP models: the neutral word each label is weighed against.",
+        ),
+    ] = "object",
     min_score: Annotated[
         float | None,
         typer.Option(
@@ -316,6 +342,10 @@ def classify(
     ] = "jsonl",
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Write records to FILE (atomically) instead of stdout.")
+    ] = None,
+    report: Annotated[
+        Path | None,
+        typer.Option("--report", help="Also write a contact sheet: a self-contained HTML page, thumbnails and top-k."),
     ] = None,
     quiet: QuietOpt = False,
 ) -> None:
@@ -330,10 +360,15 @@ def classify(
 
     if min_score is not None and not 0.0 <= min_score <= 1.0:
         raise UsageError(f"--min-score must be between 0 and 1, not {min_score}")
+    if not 0.0 <= threshold <= 1.0:
+        raise UsageError(f"--threshold must be between 0 and 1, not {threshold}")
+    if not background.strip():
+        raise UsageError("--background is empty")
     if fmt not in FORMATS:
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
-    if output is not None and not (output.parent if str(output.parent) else Path(".")).is_dir():
-        raise UsageError(f"--output {output}: its folder does not exist")
+    for opt, value in (("--output", output), ("--report", report)):
+        if value is not None and not (value.parent if str(value.parent) else Path(".")).is_dir():
+            raise UsageError(f"{opt} {value}: its folder does not exist")
     if decoder not in DECODERS:
         raise UsageError(f"--decoder must be one of {', '.join(DECODERS)}, not {decoder!r}")
     if not inputs:
@@ -353,6 +388,32 @@ def classify(
     loaded, text = _model_and_text(
         prompt_set, model, pretrained, device, precision, no_cache, show, classifier_file=classifier_file
     )
+    rule = None
+    if multi_label or calibration is not None:
+        from .calibration import check_calibration_model, load_calibration
+        from .classifier import multilabel_rule
+
+        cal = None
+        if calibration is not None:
+            cal = load_calibration(calibration)
+            check_calibration_model(cal, loaded.spec)
+        rule = multilabel_rule(loaded, text.prompt_set, threshold, background.strip(), cal)
+        multi_label = True
+        if rule.kind == "background" and not quiet:
+            sys.stderr.write(
+                "zeroshot: note: --multi-label scores are not calibrated for this model (label vs. "
+                f"'{background.strip()}'); eval --calibrate FILE fits a calibration to pass with --calibration\n"
+            )
+    sheet = None
+    if report is not None:
+        from .report import ContactSheet
+
+        sheet = ContactSheet(
+            report,
+            title=f"zeroshot classify: {text.prompt_set.name}",
+            subtitle=f"model {loaded.spec.label} · {len(text.classes)} classes",
+            max_pixels=max_pixels,
+        )
     image_cache = None
     if cache_images:
         from .imagecache import ImageEmbeddingCache, image_cache_key
@@ -372,7 +433,7 @@ def classify(
         )  # fmt: skip
         progress.start()
         task = progress.add_task("classify", total=None)
-    writer = RecordWriter(fmt, str(output) if output is not None else None)
+    writer = RecordWriter(fmt, str(output) if output is not None else None, multi_label=multi_label)
     try:
         options = DecodeOptions(workers=workers, decoder=decoder, jpeg_draft=jpeg_draft, max_pixels=max_pixels)
         records = classify_inputs(
@@ -383,14 +444,20 @@ def classify(
             batch_size=batch_size or default_batch_size(loaded.device),
             image_cache=image_cache,
             options=options,
+            multi_label=rule,
         )
         for record in records:
-            writer.write(apply_min_score(record, min_score))
+            record = apply_min_score(record, min_score)
+            writer.write(record)
+            if sheet is not None:
+                sheet.add(record)
             total += 1
             failed += "error" in record
             if progress is not None and task is not None:
                 progress.advance(task)
         writer.close()
+        if sheet is not None:
+            sheet.write()
     finally:
         writer.abort()  # only does something if the run did not finish: no half-written --output file
         if progress is not None:
@@ -500,6 +567,20 @@ def eval_cmd(
     workers: Annotated[
         int | None, typer.Option("--workers", min=0, help="Decoding threads (default: a quarter of the cores).")
     ] = None,
+    report: Annotated[
+        Path | None,
+        typer.Option(
+            "--report", help="Also write a self-contained HTML report: confusion matrix, worst mistakes as thumbnails."
+        ),
+    ] = None,
+    calibrate: Annotated[
+        Path | None,
+        typer.Option(
+            "--calibrate",
+            help="Fit the --multi-label score calibration on these labelled images and write it to FILE "
+            "(for classify --calibration FILE).",
+        ),
+    ] = None,
     no_cache: NoCacheOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -509,8 +590,12 @@ def eval_cmd(
     predicted) and the top-1 of each template alone next to the ensemble's. Exit code 1 if any
     image could not be read (the record still covers the others).
     """
-    from .evaluate import folder_classes, run_eval
+    from .evaluate import evaluate_run, folder_classes
     from .prompts import resolve_prompt_set
+
+    for opt, value in (("--report", report), ("--calibrate", calibrate)):
+        if value is not None and not (value.parent if str(value.parent) else Path(".")).is_dir():
+            raise UsageError(f"{opt} {value}: its folder does not exist")
 
     if folder is None and dataset is None:
         raise UsageError("give a FOLDER of class sub-folders, or --dataset fashion-mnist")
@@ -527,15 +612,53 @@ def eval_cmd(
     show = not quiet and sys.stderr.isatty()
     loaded, text = _model_and_text(prompt_set, model, pretrained, device, precision, no_cache, show)
     with _status(show, "evaluating"):
-        record, failed = run_eval(
+        run = evaluate_run(
             loaded, text, folder=folder, idx_dir=data_dir, split=split, limit=limit,
             batch_size=batch_size, workers=workers,
         )  # fmt: skip
+    record, failed = run.record, run.failed
+    if calibrate is not None:
+        record["calibration"] = _calibrate(loaded, text, run, calibrate)
+    if report is not None:
+        from .report import eval_report
+
+        with _status(show, "writing the report"):
+            eval_report(report, run, text, loaded.logit_scale)
+        record["report"] = str(report)
     if failed:
         record["errors"] = failed
     _write_record(record)
     if failed:
         raise typer.Exit(1)
+
+
+def _calibrate(loaded: Any, text: Any, run: Any, path: Path) -> dict[str, Any]:
+    """Fit the multi-label calibration on an eval run, write it to ``path``, and say how well it fits."""
+    import torch.nn.functional as F
+
+    from .calibration import expected_calibration_error, fit_platt, save_calibration
+    from .classifier import multilabel_rule
+    from .ranking import multilabel_scores
+
+    if len(run.labels) < 2 or len(text.classes) < 2:
+        raise UsageError("--calibrate needs at least 2 labelled images and 2 classes")
+    sims = run.sims(text)
+    a, b = fit_platt(sims, run.labels, init_scale=loaded.logit_scale)
+    present = F.one_hot(run.labels, len(text.classes)).bool()
+    before = multilabel_scores(run.feats, text.weights.to(run.feats.device).float(), loaded.logit_scale,
+                               multilabel_rule(loaded, text.prompt_set))  # fmt: skip
+    after = (a * sims + b).sigmoid()
+    info = {
+        "a": a,
+        "b": b,
+        "images": len(run.labels),
+        "classes": len(text.classes),
+        "ece_uncalibrated": expected_calibration_error(before, present),
+        "ece_calibrated": expected_calibration_error(after, present),
+    }
+    save_calibration(path, loaded.spec, a, b, fitted_on=run.record.get("dataset", ""), prompts=text.prompt_set.name,
+                     **{k: v for k, v in info.items() if k not in ("a", "b")})  # fmt: skip
+    return {"file": str(path), **info}
 
 
 @app.command()

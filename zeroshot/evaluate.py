@@ -67,8 +67,12 @@ def image_features(
     *,
     batch_size: int = 64,
     workers: int | None = None,
+    keys_out: list[str | int] | None = None,
 ) -> tuple[Any, Any, list[dict[str, str]]]:
-    """(normalized features [N, D], labels [N], failures) for the items that decoded."""
+    """(normalized features [N, D], labels [N], failures) for the items that decoded.
+
+    ``keys_out``, when given, receives each decoded item's key (path or array index), in order.
+    """
     import torch
     import torch.nn.functional as F
     from PIL import Image
@@ -100,6 +104,8 @@ def image_features(
             continue
         batch.append(tensor)
         batch_labels.append(item.label)
+        if keys_out is not None:
+            keys_out.append(item.key)
         if len(batch) >= batch_size:
             flush()
     if batch:
@@ -162,6 +168,25 @@ def evaluate(
     return out
 
 
+@dataclass
+class EvalRun:
+    """Everything one evaluation computed: the record, failures, and the per-image data behind them."""
+
+    record: dict[str, Any]
+    failed: list[dict[str, str]]
+    feats: Any  # normalized image features [N, D]
+    labels: Any  # true class indices [N]
+    keys: list[str | int]  # file path or index into ``array``, per row
+    array: Any = None  # the in-memory images (IDX datasets), else None
+
+    def sims(self, text: TextClassifier) -> Any:
+        """Cosine similarities [N, C] of every image with every class."""
+        import torch
+
+        weights = text.weights if hasattr(text.weights, "to") else torch.from_numpy(text.weights)
+        return self.feats @ weights.to(self.feats.device).float().T
+
+
 def run_eval(
     loaded: LoadedModel,
     text: TextClassifier,
@@ -174,6 +199,24 @@ def run_eval(
     workers: int | None,
 ) -> tuple[dict[str, Any], list[dict[str, str]]]:
     """Evaluate on a folder or on IDX files; returns (record, failures)."""
+    run = evaluate_run(
+        loaded, text, folder=folder, idx_dir=idx_dir, split=split, limit=limit, batch_size=batch_size, workers=workers
+    )
+    return run.record, run.failed
+
+
+def evaluate_run(
+    loaded: LoadedModel,
+    text: TextClassifier,
+    *,
+    folder: Path | None,
+    idx_dir: Path | None,
+    split: str,
+    limit: int | None,
+    batch_size: int,
+    workers: int | None,
+) -> EvalRun:
+    """:func:`run_eval`, keeping the per-image data (for calibration and reports)."""
     import itertools
 
     start = time.perf_counter()
@@ -191,12 +234,22 @@ def run_eval(
         source = f"{text.prompt_set.name} ({split} split)"
     if limit:
         items = itertools.islice(items, limit)
-    feats, labels, failed = image_features(loaded, items, array, batch_size=batch_size, workers=workers)
+    keys: list[str | int] = []
+    feats, labels, failed = image_features(loaded, items, array, batch_size=batch_size, workers=workers, keys_out=keys)
     record: dict[str, Any] = {"dataset": source, "model": loaded.spec.model, "pretrained": loaded.spec.pretrained}
     record.update(evaluate(loaded, text, feats, labels))
     record["failed"] = len(failed)
     record["seconds"] = round(time.perf_counter() - start, 2)
-    return record, failed
+    return EvalRun(record, failed, feats, labels, keys, array)
 
 
-__all__ = ["Labelled", "evaluate", "folder_classes", "folder_items", "image_features", "run_eval"]
+__all__ = [
+    "EvalRun",
+    "Labelled",
+    "evaluate",
+    "evaluate_run",
+    "folder_classes",
+    "folder_items",
+    "image_features",
+    "run_eval",
+]

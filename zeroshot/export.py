@@ -78,7 +78,7 @@ def save_classifier(path: str | Path, spec: ModelSpec, prompt_set: PromptSet, we
         **{k: str(v) for k, v in info.items()},
     }
     try:
-        cache.atomic_write_bytes(path, save({"weights": array}, metadata=meta))
+        cache.atomic_write_bytes(path, save({"weights": array}, metadata=meta), shared=True)
     except OSError as e:
         raise UsageError(f"cannot write {path}: {e.strerror or e}") from None
 

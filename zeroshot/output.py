@@ -17,6 +17,8 @@ import tempfile
 from pathlib import Path
 from typing import IO, Any
 
+from .cache import umask_mode
+
 FORMATS = ("jsonl", "json", "csv", "table")
 CSV_COLUMNS = ["path", "label", "score", "error", "top_k"]
 
@@ -38,24 +40,26 @@ def _json_line(record: dict[str, Any]) -> bytes:
 class RecordWriter:
     """Writes records in one format to ``path`` (atomically) or to stdout."""
 
-    def __init__(self, fmt: str, path: str | None = None) -> None:
+    def __init__(self, fmt: str, path: str | None = None, *, multi_label: bool = False) -> None:
         if fmt not in FORMATS:
             from .errors import UsageError
 
             raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
         self.fmt = fmt
+        self.multi_label = multi_label
         self.path = Path(path) if path else None
         self.tmp: Path | None = None
         self.count = 0
         self.rows: list[dict[str, Any]] = []
         if self.path is not None:
             fd, name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent or ".")
+            os.fchmod(fd, umask_mode())  # the records file is the user's output: usual permissions
             self.tmp = Path(name)
             self.out: IO[bytes] = os.fdopen(fd, "wb")
         else:
             self.out = sys.stdout.buffer
         if fmt == "csv":
-            self._csv_row(CSV_COLUMNS)
+            self._csv_row(CSV_COLUMNS + (["labels"] if multi_label else []))
 
     def _csv_row(self, values: list[Any]) -> None:
         buf = io.StringIO()
@@ -75,8 +79,16 @@ class RecordWriter:
         elif self.fmt == "csv":
             top = json.dumps(record.get("top_k", []), ensure_ascii=False) if "top_k" in record else ""
             label = record.get("label")
-            self._csv_row([record["path"], "" if label is None else label, record.get("score", ""),
-                           record.get("error", ""), top])  # fmt: skip
+            row = [
+                record["path"],
+                "" if label is None else label,
+                record.get("score", ""),
+                record.get("error", ""),
+                top,
+            ]
+            if self.multi_label:  # the present labels, ';'-separated (a label with ';' is quoted by csv)
+                row.append(";".join(record.get("labels", [])))
+            self._csv_row(row)
         else:
             self.rows.append(record)
         self.count += 1
@@ -105,13 +117,14 @@ class RecordWriter:
         from rich.console import Console
         from rich.table import Table
 
-        table = Table("path", "label", "score", "next best")
+        table = Table("path", "labels" if self.multi_label else "label", "score", "next best")
         for r in self.rows:
             if "error" in r:
                 table.add_row(r["path"], "[red]error[/red]", "", r["error"])
                 continue
             rest = ", ".join(f"{t['label']} {t['score']:.3f}" for t in r["top_k"][1:3])
-            table.add_row(r["path"], "—" if r["label"] is None else r["label"], f"{r['score']:.4f}", rest)
+            shown = ", ".join(r.get("labels", [])) if self.multi_label else r["label"]
+            table.add_row(r["path"], shown or "—", f"{r['score']:.4f}", rest)
         buf = io.StringIO()
         Console(file=buf, width=120, force_terminal=False, color_system=None).print(table)
         self._emit(buf.getvalue().encode("utf-8"))

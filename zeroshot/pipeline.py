@@ -20,7 +20,7 @@ from .classifier import TextClassifier
 from .decoding import Cached, FileDecoder, Fresh, Jpeg, cpu_count, processes_usable, split_preprocess
 from .images import DEFAULT_MAX_PIXELS, ImageError, Input
 from .models import LoadedModel
-from .ranking import error_record, probabilities, records
+from .ranking import error_record, multilabel_records, multilabel_scores, probabilities, records
 
 log = logging.getLogger("zeroshot")
 T = TypeVar("T")
@@ -219,8 +219,12 @@ def classify_inputs(
     workers: int | None = None,
     image_cache: Any = None,
     options: DecodeOptions | None = None,
+    multi_label: Any = None,
 ) -> Iterator[dict[str, Any]]:
     """Yield one record per input, in order: a classification, or ``{"path", "error"}``.
+
+    With ``multi_label`` (a :class:`~zeroshot.ranking.MultiLabel`), each label is scored on its own
+    and the record lists every label over the threshold (``labels``).
 
     With ``image_cache`` (an :class:`~zeroshot.imagecache.ImageEmbeddingCache`), files whose
     content was seen before skip decoding and the image tower; new embeddings are stored.
@@ -349,8 +353,16 @@ def classify_inputs(
                 for i, (_, p) in enumerate(ok):
                     if isinstance(p, Cached):
                         feats[i] = torch.from_numpy(p.feature.copy()).to(device)
-                probs = probabilities(torch.stack([feats[i] for i in ok_idx]), weights, scale)
-            recs = records([ok[i][0].path for i in ok_idx], probs, classes, top_k)
+                stacked_feats = torch.stack([feats[i] for i in ok_idx])
+                if multi_label is None:
+                    probs = probabilities(stacked_feats, weights, scale)
+                else:
+                    probs = multilabel_scores(stacked_feats, weights, scale, multi_label)
+            paths = [ok[i][0].path for i in ok_idx]
+            if multi_label is None:
+                recs = records(paths, probs, classes, top_k)
+            else:
+                recs = multilabel_records(paths, probs, classes, top_k, multi_label.threshold)
             by_input = {id(ok[i][0]): rec for i, rec in zip(ok_idx, recs, strict=True)}
         for inp, payload, err in batch.items:
             if payload is not None and id(inp) in by_input:

@@ -1,0 +1,147 @@
+"""Calibrated multi-label scores: Platt scaling of the cosine similarity, fitted on labelled images.
+
+``--multi-label`` decides each label on its own with ``score = sigmoid(a * cos(image, label) + b)``.
+A CLIP model is trained with a softmax over a batch, so its cosine similarities carry no absolute
+meaning; ``a`` and ``b`` are fitted here (logistic regression, two parameters shared by every
+label) so that the score is a probability: among image/label pairs scored 0.8, about 80% have the
+label present. The fit uses labelled single-label images (``zeroshot eval ... --calibrate FILE``):
+every image paired with every class, present for its own class, absent for the others.
+
+The file is JSON (no pickle) and records the model it was fitted for; ``classify --calibration``
+refuses it for another model, as it does classifier files.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import cache
+from .errors import UsageError
+from .models import ModelSpec, weights_identity
+
+FORMAT = "zeroshot-multilabel-calibration"
+FORMAT_VERSION = 1
+
+
+class CalibrationFileError(UsageError):
+    """A --calibration file that cannot be used."""
+
+
+@dataclass
+class Calibration:
+    a: float
+    b: float
+    model: str
+    pretrained: str | None
+    identity: dict[str, Any]
+    info: dict[str, Any]
+    path: Path | None = None
+
+    @property
+    def model_label(self) -> str:
+        return self.model if self.pretrained is None else f"{self.model} ({self.pretrained})"
+
+
+def fit_platt(cos: Any, labels: Any, init_scale: float = 100.0) -> tuple[float, float]:
+    """(a, b) minimizing the binary cross-entropy of ``sigmoid(a * cos + b)`` against one-hot ``labels``.
+
+    ``cos`` is [N, C] cosine similarities, ``labels`` [N] class indices. Two parameters, so the
+    fit is a few LBFGS steps on any data size; it runs in float64 on the CPU.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    x = cos.detach().double().cpu()
+    y = F.one_hot(labels.long().cpu(), x.shape[1]).double()
+    # Start from the model's own scale, with the bias that puts the threshold at the mean similarity.
+    a = torch.tensor(float(init_scale), dtype=torch.float64, requires_grad=True)
+    b = torch.tensor(-float(init_scale) * float(x.mean()), dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([a, b], max_iter=500, tolerance_grad=1e-10, line_search_fn="strong_wolfe")
+
+    def closure() -> Any:
+        opt.zero_grad()
+        loss = F.binary_cross_entropy_with_logits(a * x + b, y)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return float(a.detach()), float(b.detach())
+
+
+def expected_calibration_error(scores: Any, present: Any, bins: int = 10) -> float:
+    """ECE over all (image, label) pairs: the mean |score - frequency| over equal-width score bins."""
+    import torch
+
+    s, t = scores.detach().double().flatten().cpu(), present.double().flatten().cpu()
+    total = 0.0
+    for i in range(bins):
+        lo, hi = i / bins, (i + 1) / bins
+        m = (s >= lo) & ((s < hi) if i < bins - 1 else (s <= hi))
+        if bool(m.any()):
+            total += float(m.double().mean()) * abs(float(s[m].mean()) - float(t[m].mean()))
+    return total if len(s) else float(torch.nan)
+
+
+def save_calibration(path: str | Path, spec: ModelSpec, a: float, b: float, **info: Any) -> None:
+    data = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "a": a,
+        "b": b,
+        "model": spec.model,
+        "pretrained": spec.pretrained,
+        "weights_identity": weights_identity(spec, cache.hash_memo_dir()),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **info,
+    }
+    try:
+        cache.atomic_write_bytes(
+            Path(path), (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode(), shared=True
+        )
+    except OSError as e:
+        raise UsageError(f"cannot write {path}: {e.strerror or e}") from None
+
+
+def load_calibration(path: str | Path) -> Calibration:
+    path = Path(path)
+    where = f"calibration file {path}"
+    try:
+        data = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise CalibrationFileError(f"{where}: no such file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CalibrationFileError(f"{where}: not readable JSON ({e})") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise CalibrationFileError(f"{where}: not a zeroshot calibration file (write one with eval --calibrate)")
+    if data.get("format_version") != FORMAT_VERSION:
+        raise CalibrationFileError(f"{where}: format version {data.get('format_version')!r}, expected {FORMAT_VERSION}")
+    a, b, ident = data.get("a"), data.get("b"), data.get("weights_identity")
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (a, b))
+    if not numbers or not isinstance(ident, dict) or not isinstance(data.get("model"), str):
+        raise CalibrationFileError(f"{where}: 'a', 'b', 'model' or 'weights_identity' is missing or malformed")
+    import math
+
+    if not (math.isfinite(a) and math.isfinite(b)):  # type: ignore[arg-type]
+        raise CalibrationFileError(f"{where}: 'a' and 'b' must be finite")
+    known = {"format", "format_version", "a", "b", "model", "pretrained", "weights_identity"}
+    return Calibration(
+        a=float(a),  # type: ignore[arg-type]
+        b=float(b),  # type: ignore[arg-type]
+        model=data["model"],
+        pretrained=data.get("pretrained"),
+        identity=ident,
+        info={k: v for k, v in data.items() if k not in known},
+        path=path,
+    )
+
+
+def check_calibration_model(cal: Calibration, spec: ModelSpec) -> None:
+    if cal.model != spec.model or cal.identity != weights_identity(spec, cache.hash_memo_dir()):
+        raise CalibrationFileError(
+            f"calibration file {cal.path} was fitted for {cal.model_label}, but this run uses {spec.label}: "
+            "fit one for this model with eval --calibrate"
+        )
