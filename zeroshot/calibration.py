@@ -47,16 +47,18 @@ class Calibration:
 
 
 def fit_platt(cos: Any, labels: Any, init_scale: float = 100.0) -> tuple[float, float]:
-    """(a, b) minimizing the binary cross-entropy of ``sigmoid(a * cos + b)`` against one-hot ``labels``.
+    """(a, b) minimizing the binary cross-entropy of ``sigmoid(a * cos + b)`` against the labels.
 
-    ``cos`` is [N, C] cosine similarities, ``labels`` [N] class indices. Two parameters, so the
-    fit is a few LBFGS steps on any data size; it runs in float64 on the CPU.
+    ``cos`` is [N, C] cosine similarities; ``labels`` is [N] class indices (one label per image) or
+    an [N, C] boolean matrix of the labels present. Two parameters, so the fit is a few LBFGS
+    steps on any data size; it runs in float64 on the CPU.
     """
     import torch
     import torch.nn.functional as F
 
     x = cos.detach().double().cpu()
-    y = F.one_hot(labels.long().cpu(), x.shape[1]).double()
+    one_hot = labels.ndim == 2
+    y = labels.detach().double().cpu() if one_hot else F.one_hot(labels.long().cpu(), x.shape[1]).double()
     # Start from the model's own scale, with the bias that puts the threshold at the mean similarity.
     a = torch.tensor(float(init_scale), dtype=torch.float64, requires_grad=True)
     b = torch.tensor(-float(init_scale) * float(x.mean()), dtype=torch.float64, requires_grad=True)

@@ -1,0 +1,177 @@
+"""--multi-label scores and decisions, the calibration fit, and --calibration files."""
+
+from __future__ import annotations
+
+import json
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from typer.testing import CliRunner
+
+from zeroshot.calibration import expected_calibration_error, fit_platt, load_calibration
+from zeroshot.classifier import encode_prompt_set, multilabel_rule
+from zeroshot.cli import app
+from zeroshot.models import BUNDLED_NAME, load_model, resolve_spec
+from zeroshot.prompts import PromptSet, load_pack
+from zeroshot.ranking import MultiLabel, multilabel_records, multilabel_scores
+
+from .conftest import ARCH
+
+LABELS = ["tabby cat", "red car", "green tree", "blue sky"]
+
+
+def invoke(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def vit(checkpoint):
+    return load_model(resolve_spec(ARCH, str(checkpoint)))
+
+
+def test_scores_follow_their_documented_formulas():
+    g = torch.Generator().manual_seed(0)
+    feats = torch.randn(5, 8, generator=g)
+    weights = F.normalize(torch.randn(3, 8, generator=g), dim=-1)
+    bg = F.normalize(torch.randn(8, generator=g), dim=0)
+    x = F.normalize(feats, dim=-1).double().numpy()
+    cos, ref = x @ weights.double().numpy().T, x @ bg.double().numpy()
+    sig = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
+    got = multilabel_scores(feats, weights, 50.0, MultiLabel(background=bg)).double().numpy()
+    assert np.allclose(got, sig(50.0 * (cos - ref[:, None])), atol=1e-6)
+    got = multilabel_scores(feats, weights, 50.0, MultiLabel(kind="calibrated", scale=12.0, bias=-3.0))
+    assert np.allclose(got.double().numpy(), sig(12.0 * cos - 3.0), atol=1e-6)
+    got = multilabel_scores(feats, weights, 50.0, MultiLabel(kind="model", bias=-10.0))
+    assert np.allclose(got.double().numpy(), sig(50.0 * cos - 10.0), atol=1e-6)
+
+
+def test_records_list_exactly_the_labels_over_the_threshold():
+    scores = torch.tensor([[0.9, 0.2, 0.6, 0.5], [0.1, 0.3, 0.2, 0.4]])
+    recs = multilabel_records(["a.jpg", "b.jpg"], scores, LABELS, top_k=2, threshold=0.5)
+    assert recs[0]["labels"] == ["tabby cat", "green tree", "blue sky"]  # best first; 0.5 counts
+    assert recs[0]["label"] == "tabby cat" and recs[0]["score"] == pytest.approx(0.9)
+    assert [t["label"] for t in recs[0]["top_k"]] == ["tabby cat", "green tree"]  # -k limits top_k only
+    assert recs[1]["labels"] == [] and recs[1]["label"] is None and recs[1]["score"] == pytest.approx(0.4)
+
+
+def test_rule_prefers_calibration_then_model_bias_then_background(vit):
+    ps = PromptSet(name="x", classes=tuple(LABELS), templates=("a photo of a {label}.",))
+    rule = multilabel_rule(vit, ps, 0.4, "object")
+    assert rule.kind == "background" and rule.threshold == 0.4
+    ref = encode_prompt_set(vit, PromptSet(name="b", classes=("object",), templates=ps.templates))[0]
+    assert torch.allclose(rule.background, ref)
+    siglip_like = SimpleNamespace(model=SimpleNamespace(logit_bias=torch.nn.Parameter(torch.tensor([-10.0]))))
+    assert multilabel_rule(siglip_like, ps).kind == "model"  # type: ignore[arg-type]
+    assert multilabel_rule(siglip_like, ps).bias == pytest.approx(-10.0)  # type: ignore[arg-type]
+    cal = SimpleNamespace(a=20.0, b=-5.0)
+    rule = multilabel_rule(siglip_like, ps, calibration=cal)  # type: ignore[arg-type]
+    assert (rule.kind, rule.scale, rule.bias) == ("calibrated", 20.0, -5.0)
+
+
+def test_platt_fit_recovers_known_parameters_and_improves_calibration():
+    g = torch.Generator().manual_seed(1)
+    cos = torch.rand(20000, 10, generator=g, dtype=torch.float64) * 0.7 - 0.2
+    present = torch.rand(cos.shape, generator=g, dtype=torch.float64) < torch.sigmoid(30 * cos - 6)
+    a, b = fit_platt(cos, present, init_scale=100.0)
+    assert abs(a - 30) < 1.5 and abs(b + 6) < 0.4
+    assert expected_calibration_error(torch.sigmoid(a * cos + b), present) < 0.01
+    assert expected_calibration_error(torch.sigmoid(100 * cos), present) > 0.1  # uncalibrated: far off
+
+
+def test_cli_multi_label_matches_the_reference(vit, checkpoint, image_dir):
+    paths = sorted(str(p) for p in image_dir.iterdir())[:4]
+    args = [*paths, "-m", ARCH, "-p", checkpoint, "-k", str(len(LABELS)), "--multi-label", "--threshold", "0.3"]
+    result = invoke("classify", *[a for lab in LABELS for a in ("--label", lab)], *args)
+    assert result.exit_code == 0, result.output
+    assert "not calibrated" in result.stderr
+    templates = load_pack("default").templates
+    weights = encode_prompt_set(vit, PromptSet(name="l", classes=tuple(LABELS), templates=templates))
+    bg = encode_prompt_set(vit, PromptSet(name="b", classes=("object",), templates=templates))[0]
+    for line in result.stdout.splitlines():
+        rec = json.loads(line)
+        with torch.no_grad():
+            img = F.normalize(vit.model.encode_image(vit.preprocess(Image.open(rec["path"]))[None]), dim=-1)[0]
+        expect = torch.sigmoid(vit.logit_scale * (weights @ img - bg @ img))
+        got = {t["label"]: t["score"] for t in rec["top_k"]}
+        for i, label in enumerate(LABELS):
+            assert got[label] == pytest.approx(float(expect[i]), abs=1e-5)
+        assert rec["labels"] == [t["label"] for t in rec["top_k"] if t["score"] >= 0.3]
+
+
+@pytest.fixture(scope="module")
+def calibration_file(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cal") / "cal.json"
+    result = invoke("eval", "--dataset", "fashion-mnist", "-m", BUNDLED_NAME, "--split", "train", "--limit", "400",
+                    "--calibrate", out, "-q")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    return out, json.loads(result.stdout)
+
+
+def test_eval_calibrate_fits_and_the_fit_calibrates(calibration_file):
+    out, record = calibration_file
+    info = record["calibration"]
+    assert info["images"] == 400 and info["classes"] == 10
+    assert info["ece_calibrated"] < 0.05 < info["ece_uncalibrated"]
+    cal = load_calibration(out)
+    assert (cal.a, cal.b) == (info["a"], info["b"]) and cal.model == BUNDLED_NAME
+    assert oct(out.stat().st_mode & 0o777) != oct(0o600)  # a file to share, not a private one
+
+
+def test_classify_with_calibration_uses_it(calibration_file, tmp_path):
+    out, record = calibration_file
+    a, b = record["calibration"]["a"], record["calibration"]["b"]
+    from zeroshot.idx import load_split
+
+    images, labels = load_split(None, "test")
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"img{i}.png")
+        Image.fromarray(np.asarray(images[i])).save(paths[-1])
+    result = invoke(
+        "classify", *paths, "-m", BUNDLED_NAME, "--dataset", "fashion-mnist", "--calibration", out, "-k", "10"
+    )
+    assert result.exit_code == 0, result.output
+    assert "not calibrated" not in result.stderr
+    loaded = load_model(resolve_spec(BUNDLED_NAME))
+    weights = encode_prompt_set(loaded, load_pack("fashion-mnist"))
+    for line in result.stdout.splitlines():
+        rec = json.loads(line)
+        with torch.no_grad():
+            img = F.normalize(loaded.model.encode_image(loaded.preprocess(Image.open(rec["path"]))[None]), dim=-1)[0]
+        cos = weights @ img
+        for t in rec["top_k"]:
+            i = load_pack("fashion-mnist").classes.index(t["label"])
+            assert t["score"] == pytest.approx(1 / (1 + math.exp(-(a * float(cos[i]) + b))), abs=1e-5)
+
+
+def test_calibration_for_another_model_or_broken_is_refused(calibration_file, checkpoint, image_dir, tmp_path):
+    out, _ = calibration_file
+    img = str(next(image_dir.iterdir()))
+    result = invoke("classify", img, "--label", "a", "--label", "b", "-m", ARCH, "-p", checkpoint, "--calibration", out)
+    assert result.exit_code == 2 and "was fitted for fashion-mini" in result.stderr
+    bad = tmp_path / "bad.json"
+    for text, expect in [("{", "not readable JSON"), ('{"format": "x"}', "not a zeroshot calibration file"),
+                         (out.read_text().replace('"a": ', '"a": "x", "_a": '), "malformed")]:  # fmt: skip
+        bad.write_text(text)
+        result = invoke("classify", img, "--label", "a", "--label", "b", "-m", BUNDLED_NAME, "--calibration", bad)
+        assert result.exit_code == 2 and expect in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+def test_multi_label_in_every_format_and_with_min_score(checkpoint, image_dir, tmp_path):
+    paths = sorted(str(p) for p in image_dir.iterdir())[:2]
+    base = ["classify", *paths, "--label", "cat", "--label", "dog", "-m", ARCH, "-p", checkpoint, "--multi-label", "-q"]
+    csv_out = invoke(*base, "--threshold", "0", "-f", "csv")
+    header, *rows = csv_out.stdout.splitlines()
+    assert header == "path,label,score,error,top_k,labels" and len(rows) == 2
+    assert all(r.rsplit(",", 1)[1] in ("cat;dog", "dog;cat") for r in rows)  # threshold 0: both present
+    table = invoke(*base, "--threshold", "0", "-f", "table")
+    assert "labels" in table.stdout.splitlines()[1] and ("cat, dog" in table.stdout or "dog, cat" in table.stdout)
+    none = invoke(*base, "--threshold", "1", "--min-score", "1")
+    for line in none.stdout.splitlines():
+        rec = json.loads(line)
+        assert rec["labels"] == [] and rec["label"] is None and len(rec["top_k"]) == 2
