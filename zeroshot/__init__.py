@@ -69,17 +69,32 @@ class Zeroshot:
         decoder: str = "auto",
         jpeg_draft: bool = False,
         image_cache: Any = None,
+        multi_label: bool = False,
+        threshold: float = 0.5,
+        calibration: Any = None,
     ) -> Iterator[dict[str, Any]]:
         """One record per path (files or folders), in order, as the CLI prints them.
 
         ``workers``, ``decoder`` and ``jpeg_draft`` are the CLI's ``--workers``, ``--decoder`` and
         ``--jpeg-draft``; ``image_cache`` an :class:`~zeroshot.imagecache.ImageEmbeddingCache`.
+        ``multi_label``/``threshold``/``calibration`` (a :class:`~zeroshot.calibration.Calibration`
+        or a path to one) are ``--multi-label``, ``--threshold`` and ``--calibration``.
         """
         from .images import iter_inputs
         from .pipeline import DecodeOptions, classify_inputs
 
+        rule = None
+        if multi_label or calibration is not None:
+            from .calibration import Calibration, check_calibration_model, load_calibration
+            from .classifier import multilabel_rule
+
+            if calibration is not None and not isinstance(calibration, Calibration):
+                calibration = load_calibration(calibration)
+            if calibration is not None:
+                check_calibration_model(calibration, self.spec)
+            rule = multilabel_rule(self.loaded, text.prompt_set, threshold, calibration=calibration)
         options = DecodeOptions(workers=workers, decoder=decoder, jpeg_draft=jpeg_draft)
         return classify_inputs(
             self.loaded, text, iter_inputs(paths), top_k=top_k, batch_size=batch_size,
-            image_cache=image_cache, options=options,
+            image_cache=image_cache, options=options, multi_label=rule,
         )  # fmt: skip

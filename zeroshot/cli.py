@@ -710,11 +710,12 @@ def datasets(
         sys.stdout.flush()
         return
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(*columns, title=f"{len(packs)} prompt packs (zeroshot classify --dataset NAME)")
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*(escape(cell) for cell in row))
     Console().print(table)
 
 

@@ -115,16 +115,18 @@ class RecordWriter:
 
     def _table(self) -> None:
         from rich.console import Console
+        from rich.markup import escape
         from rich.table import Table
 
+        # Paths, labels and messages are data: escaped, so "[red]" in a file name is printed as is.
         table = Table("path", "labels" if self.multi_label else "label", "score", "next best")
         for r in self.rows:
             if "error" in r:
-                table.add_row(r["path"], "[red]error[/red]", "", r["error"])
+                table.add_row(escape(r["path"]), "[red]error[/red]", "", escape(r["error"]))
                 continue
             rest = ", ".join(f"{t['label']} {t['score']:.3f}" for t in r["top_k"][1:3])
             shown = ", ".join(r.get("labels", [])) if self.multi_label else r["label"]
-            table.add_row(r["path"], shown or "—", f"{r['score']:.4f}", rest)
+            table.add_row(escape(r["path"]), escape(shown or "—"), f"{r['score']:.4f}", escape(rest))
         buf = io.StringIO()
         Console(file=buf, width=120, force_terminal=False, color_system=None).print(table)
         self._emit(buf.getvalue().encode("utf-8"))
