@@ -88,6 +88,17 @@ def test_output_file_is_written_whole(inputs, tmp_path):
     assert [json.loads(line)["path"] for line in target.read_text().splitlines()] == inputs
     assert [p.name for p in target.parent.iterdir()] == ["records.jsonl"]
     assert run(*inputs, *BASE, "-o", str(tmp_path / "no" / "such" / "dir.jsonl")).exit_code == 2
+    # The records file is the user's: usual permissions (umask), not the temporary file's 0600.
+    mask = os.umask(0)
+    os.umask(mask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_table_prints_markup_in_names_as_written(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a short relative path: the table does not wrap it
+    make_image(tmp_path / "[red]x [bold].png", 1, (28, 28), mode="L")
+    out = run("[red]x [bold].png", *BASE, "-f", "table").stdout
+    assert "[red]x [bold].png" in out  # rich would otherwise swallow it as markup
 
 
 def test_interrupted_run_leaves_no_half_file(tmp_path):
