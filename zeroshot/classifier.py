@@ -376,7 +376,7 @@ def get_text_classifier(
 
 
 def multilabel_rule(
-    loaded: LoadedModel,
+    loaded: LoadedModel | None,
     prompt_set: PromptSet,
     threshold: float = 0.5,
     background: str | None = None,
@@ -393,6 +393,8 @@ def multilabel_rule(
 
     if calibration is not None:
         return MultiLabel(threshold=threshold, kind="calibrated", scale=calibration.a, bias=calibration.b)
+    if loaded is None:
+        raise ValueError("an uncalibrated multi-label rule needs the loaded model")
     bias = getattr(loaded.model, "logit_bias", None)
     if bias is not None:
         return MultiLabel(threshold=threshold, kind="model", bias=float(bias.detach().float().reshape(-1)[0]))

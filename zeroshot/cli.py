@@ -347,6 +347,21 @@ def classify(
         Path | None,
         typer.Option("--report", help="Also write a contact sheet: a self-contained HTML page, thumbnails and top-k."),
     ] = None,
+    engine: Annotated[
+        str,
+        typer.Option(
+            "--engine",
+            help="local (this process and its decoding workers) or ray (Ray Data: --workers actors, "
+            "--output DIR; needs zeroshot[ray]).",
+        ),
+    ] = "local",
+    ray_address: Annotated[
+        str | None,
+        typer.Option("--ray-address", help="With --engine ray: the cluster to join (default: start a local Ray)."),
+    ] = None,
+    gpus_per_worker: Annotated[
+        float, typer.Option("--gpus-per-worker", min=0, help="With --engine ray: GPUs per actor (0: CPU actors).")
+    ] = 0.0,
     quiet: QuietOpt = False,
 ) -> None:
     """Classify images; one JSON record per input on stdout, in input order.
@@ -360,6 +375,20 @@ def classify(
 
     if min_score is not None and not 0.0 <= min_score <= 1.0:
         raise UsageError(f"--min-score must be between 0 and 1, not {min_score}")
+    if engine not in ("local", "ray"):
+        raise UsageError(f"--engine must be local or ray, not {engine!r}")
+    if engine == "ray":
+        _classify_on_ray(
+            inputs or [], labels=labels, label=label, dataset=dataset, templates=templates, model=model,
+            pretrained=pretrained, precision=precision, batch_size=batch_size, top_k=top_k, workers=workers,
+            decoder=decoder, jpeg_draft=jpeg_draft, max_pixels=max_pixels, no_cache=no_cache,
+            cache_images=cache_images, classifier=classifier, multi_label=multi_label, threshold=threshold,
+            calibration=calibration, background=background, min_score=min_score, fmt=fmt, output=output,
+            report=report, ray_address=ray_address, gpus_per_worker=gpus_per_worker, quiet=quiet,
+        )  # fmt: skip
+        return
+    if ray_address is not None or gpus_per_worker:
+        raise UsageError("--ray-address and --gpus-per-worker need --engine ray")
     if not 0.0 <= threshold <= 1.0:
         raise UsageError(f"--threshold must be between 0 and 1, not {threshold}")
     if not background.strip():
@@ -467,6 +496,77 @@ def classify(
     if failed:
         if not quiet:
             sys.stderr.write(f"zeroshot: {failed} of {total} inputs could not be classified\n")
+        raise typer.Exit(1)
+
+
+def _classify_on_ray(inputs: list[str], **o: Any) -> None:
+    """``classify --engine ray``: the text classifier is made here, once; Ray's actors classify."""
+    from .distributed import OUTPUT_FORMATS, SharedClassifier, require_ray
+    from .distributed import run as ray_run
+
+    require_ray()
+    if not inputs:
+        raise UsageError("no inputs: give image files, folders, URIs (s3://...), or - to read paths from stdin")
+    if o["output"] is None:
+        raise UsageError("--engine ray writes to a folder: give --output DIR")
+    if o["fmt"] not in OUTPUT_FORMATS:
+        raise UsageError(f"--format with --engine ray must be one of {', '.join(OUTPUT_FORMATS)}, not {o['fmt']!r}")
+    for opt, bad in (("--report", o["report"] is not None), ("--cache-images", o["cache_images"]),
+                     ("--decoder batched", o["decoder"] == "batched")):  # fmt: skip
+        if bad:
+            raise UsageError(f"{opt} is not available with --engine ray")
+    if not 0.0 <= o["threshold"] <= 1.0:
+        raise UsageError(f"--threshold must be between 0 and 1, not {o['threshold']}")
+    from .classifier import TextClassifier, get_text_classifier, multilabel_rule
+    from .models import load_model, resolve_spec
+
+    show = not o["quiet"] and sys.stderr.isatty()
+    loaded_box: list[Any] = []
+
+    def load() -> Any:  # on the driver only when the cache misses or a background class is needed
+        if not loaded_box:
+            with _status(show, f"loading {spec.label} to build the text classifier"):
+                loaded_box.append(load_model(spec, "cpu", "fp32"))
+        return loaded_box[0]
+
+    if o["classifier"] is not None:
+        from .export import check_model, load_classifier
+
+        if o["labels"] is not None or o["label"] or o["dataset"] is not None or o["templates"] is not None:
+            raise UsageError("--classifier brings its own classes: drop --labels/--label/--dataset/--templates")
+        file = load_classifier(o["classifier"])
+        if o["model"] is None and o["pretrained"] is None:
+            spec = _spec_of_classifier_file(file)
+        else:
+            spec = resolve_spec(o["model"], o["pretrained"])
+        check_model(file, spec)
+        text = TextClassifier(file.prompt_set, file.weights, file.path, True, 0.0)
+    else:
+        prompt_set = _prompt_set(o["dataset"], o["labels"], o["label"], o["templates"])
+        spec = resolve_spec(o["model"], o["pretrained"])
+        text = get_text_classifier(spec, prompt_set, load, use_cache=not o["no_cache"], precision="fp32")
+    rule = None
+    if o["multi_label"] or o["calibration"] is not None:
+        from .calibration import check_calibration_model, load_calibration
+
+        cal = None
+        if o["calibration"] is not None:
+            cal = load_calibration(o["calibration"])
+            check_calibration_model(cal, spec)
+        bias_model = cal is None  # the background class, or the model's own bias, needs the model
+        rule = multilabel_rule(load() if bias_model else None, text.prompt_set, o["threshold"],
+                               o["background"].strip(), cal)  # fmt: skip
+    shared = SharedClassifier.build(spec, text, rule)
+    summary = ray_run(
+        inputs, shared, str(o["output"]), fmt=o["fmt"], address=o["ray_address"], workers=o["workers"] or 1,
+        gpus_per_worker=o["gpus_per_worker"], batch_size=o["batch_size"] or 64,
+        stdin=sys.stdin if "-" in inputs else None, quiet=o["quiet"], top_k=o["top_k"], precision=o["precision"],
+        max_pixels=o["max_pixels"], jpeg_draft=o["jpeg_draft"], min_score=o["min_score"],
+    )  # fmt: skip
+    _write_record(summary)
+    if summary.get("errors"):
+        if not o["quiet"]:
+            sys.stderr.write(f"zeroshot: {summary['errors']} of {summary['records']} inputs could not be classified\n")
         raise typer.Exit(1)
 
 

@@ -1,0 +1,192 @@
+"""classify --engine ray: the same records as the single-process CLI, on a local Ray (CPU)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from typer.testing import CliRunner
+
+from zeroshot.cli import app
+
+from .conftest import ARCH, make_image
+
+ray = pytest.importorskip("ray", reason="the Ray engine needs zeroshot[ray]")
+
+LABELS = ["--label", "red fox", "--label", "tabby cat", "--label", "sports car"]
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory, image_dir):
+    root = tmp_path_factory.mktemp("ray-in")
+    for i, p in enumerate(sorted(image_dir.iterdir())):
+        shutil.copy(p, root / f"{i:02d}-{p.name}")
+    (root / "sub").mkdir()
+    for i in range(6):
+        make_image(root / "sub" / f"extra-{i}.jpg", seed=100 + i, size=(120, 90))
+    (root / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (root / "empty.jpg").write_bytes(b"")
+    return root
+
+
+def local_records(*args):
+    result = CliRunner().invoke(app, ["classify", *map(str, args)])
+    return {r["path"]: r for r in map(json.loads, result.stdout.splitlines())}
+
+
+def assert_same(ours: dict, ref: dict) -> None:
+    assert set(ours) == set(ref)
+    for path, r in ref.items():
+        o = ours[path]
+        assert o.keys() == r.keys(), path
+        if "error" in r:
+            assert o["error"] == r["error"]
+            continue
+        assert o["label"] == r["label"]
+        assert [t["label"] for t in o["top_k"]] == [t["label"] for t in r["top_k"]]
+        for a, b in zip(o["top_k"], r["top_k"], strict=True):
+            assert abs(a["score"] - b["score"]) < 1e-5
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_records_equal_the_single_process_cli(local_ray, folder, checkpoint, tmp_path, fmt):
+    from zeroshot.distributed import iter_records
+
+    missing = str(folder / "missing.jpg")
+    common = [folder, missing, *LABELS, "-m", ARCH, "-p", checkpoint, "-k", "3", "-q"]
+    ref = local_records(*common)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["classify", *map(str, common), "--engine", "ray", "--workers", "2",
+                                      "-b", "4", "-o", str(out), "-f", fmt])  # fmt: skip
+    assert result.exit_code == 1, result.output  # broken, empty and missing inputs
+    summary = json.loads(result.stdout)
+    assert summary["records"] == len(ref) and summary["errors"] == sum("error" in r for r in ref.values()) == 3
+    rows = list(iter_records(out, fmt))
+    assert len(rows) == len(ref)  # one record per input: nothing lost, nothing twice
+    if fmt == "parquet":  # typed columns: nulls where the CLI leaves a key out
+        rows = [{k: v for k, v in r.items() if v is not None and k != "labels"} for r in rows]
+        assert all(isinstance(r.get("top_k", []), list) for r in rows)
+    assert_same({r["path"]: r for r in rows}, ref)
+
+
+def test_map_batches_callable_in_a_users_pipeline(local_ray, folder, checkpoint):
+    """The library piece on its own: a Ray dataset of paths, map_batches(ClassifyBatch)."""
+    import ray.data
+
+    from zeroshot.classifier import get_text_classifier
+    from zeroshot.distributed import ClassifyBatch, SharedClassifier
+    from zeroshot.models import load_model, resolve_spec
+    from zeroshot.prompts import resolve_prompt_set
+
+    spec = resolve_spec(ARCH, str(checkpoint))
+    text = get_text_classifier(spec, resolve_prompt_set(labels=["red fox", "tabby cat", "sports car"]),
+                               lambda: load_model(spec))  # fmt: skip
+    shared = SharedClassifier.build(spec, text)
+    paths = sorted(str(p) for p in (folder / "sub").iterdir())
+    ds = ray.data.from_items([{"path": p} for p in paths]).map_batches(
+        ClassifyBatch, fn_constructor_args=(shared,), fn_constructor_kwargs={"top_k": 3},
+        compute=ray.data.ActorPoolStrategy(size=1), batch_size=4, batch_format="numpy",
+    )  # fmt: skip
+    rows = ds.take_all()
+    ref = local_records(*paths, *LABELS, "-m", ARCH, "-p", checkpoint, "-k", "3")
+    assert_same({r["path"]: json.loads(r["record"]) for r in rows}, ref)
+
+
+def test_uris_go_through_rays_reader(local_ray, folder, checkpoint, tmp_path):
+    sub = folder / "sub"
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["classify", sub.as_uri(), *LABELS, "-m", ARCH, "-p", str(checkpoint),
+                                      "-k", "3", "-q", "--engine", "ray", "-o", str(out)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    from zeroshot.distributed import iter_records
+
+    rows = {os.path.basename(r["path"]): r for r in iter_records(out)}
+    ref = {
+        os.path.basename(p): r for p, r in local_records(sub, *LABELS, "-m", ARCH, "-p", checkpoint, "-k", "3").items()
+    }
+    assert set(rows) == set(ref) and len(rows) == 6
+    for name in ref:
+        assert rows[name]["label"] == ref[name]["label"]
+        assert abs(rows[name]["score"] - ref[name]["score"]) < 1e-5
+
+
+def test_without_ray_a_clear_error(monkeypatch, folder, tmp_path):
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if it were not installed
+    result = CliRunner().invoke(app, ["classify", str(folder), *LABELS, "--engine", "ray", "-o", str(tmp_path / "o")])
+    assert result.exit_code == 2
+    assert "pip install 'zeroshot[ray]'" in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+def _actor_pids(root: int) -> list[int]:
+    """The classify actors among ``root``'s descendants (its own local Ray's workers)."""
+    ps = subprocess.run(["ps", "-eo", "pid,ppid,args"], capture_output=True, text=True).stdout
+    parent, args = {}, {}
+    for line in ps.splitlines()[1:]:
+        pid, ppid, *rest = line.split(maxsplit=2)
+        parent[int(pid)], args[int(pid)] = int(ppid), (rest[0] if rest else "")
+
+    def under(pid: int) -> bool:
+        seen = set()
+        while pid not in seen and pid > 1:
+            seen.add(pid)
+            pid = parent.get(pid, 0)
+            if pid == root:
+                return True
+        return False
+
+    return [pid for pid, a in args.items() if "MapBatches(ClassifyBatch)" in a and under(pid)]
+
+
+@pytest.mark.slow
+def test_a_killed_worker_loses_and_duplicates_nothing(tmp_path, checkpoint):
+    """SIGKILL the actor mid-run: Ray restarts it and retries its batch; every input has one record."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    n = 160
+    for i in range(n):
+        make_image(folder / f"{i:03d}.png", seed=i, size=(64, 48))
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "zeroshot", "classify", str(folder), *LABELS, "-m", ARCH, "-p", str(checkpoint),
+           "--engine", "ray", "--workers", "1", "-b", "8", "-o", str(out), "-q"]  # fmt: skip
+    killed: list[int] = []
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def killer() -> None:
+        deadline = time.time() + 240
+        first = None
+        while time.time() < deadline and proc.poll() is None:
+            pids = _actor_pids(proc.pid)
+            if pids and first is None:
+                first = time.time()
+            if pids and time.time() - first > 3:  # let it classify a few batches first
+                for pid in pids:
+                    os.kill(pid, 9)
+                    killed.append(pid)
+                return
+            time.sleep(0.2)
+
+    t = threading.Thread(target=killer, daemon=True)
+    t.start()
+    stdout, stderr = proc.communicate(timeout=600)
+    t.join(timeout=5)
+    assert killed, "no actor was found to kill"
+    assert proc.returncode == 0, stderr[-3000:]
+    assert json.loads(stdout)["records"] == n, (stdout, stderr[-2000:])
+    from zeroshot.distributed import iter_records
+
+    paths = [r["path"] for r in iter_records(out)]
+    assert len(paths) == n and len(set(paths)) == n  # nothing lost, nothing twice
+    assert all("error" not in r for r in iter_records(out))

@@ -1,0 +1,445 @@
+"""The same classifier on a Ray cluster: Ray Data's streaming batch inference, zeroshot's records.
+
+Install with ``pip install 'zeroshot[ray]'`` (Ray's ``data`` extra). Nothing here is imported by
+the rest of zeroshot; without Ray, :func:`require_ray` says what to install.
+
+The pieces:
+
+- :class:`SharedClassifier`: the text classifier as plain data (numpy embeddings, classes, the
+  model's identity). It is built once, on the driver (or read from the cache or a classifier file),
+  and shipped to the actors; no actor encodes a prompt.
+- :class:`ClassifyBatch`: a callable class for ``ray.data.Dataset.map_batches``. Each actor loads
+  the model once (on a GPU when Ray gives it one), checks that its weights are the ones the
+  classifier was built for, and turns a batch of images (a ``path`` column, plus ``bytes`` when Ray
+  read the files) into the CLI's records: the same decoding (the Pillow path: bit-identical to
+  open_clip's preprocessing), the same model call and the same scoring. A bad image is a record
+  with an ``error``, never a failed task.
+- :func:`classify_dataset` / :func:`run`: what ``zeroshot classify --engine ray`` does: build the
+  dataset from local paths (expanded on the driver, exactly as the CLI does) or from URIs any Ray
+  file reader accepts (``s3://``, ``gs://``, ...), classify with a pool of actors, and write JSON
+  Lines (the CLI's records, one per line) or Parquet to a folder. Execution streams: memory is
+  bounded by Ray Data's backpressure, not by the number of images.
+
+Ray restarts an actor that dies (``max_restarts=-1``) and retries its batch, so a killed worker
+loses and duplicates nothing: writes happen after classification, per block.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import UsageError
+
+RAY_HINT = "the Ray engine needs Ray Data: pip install 'zeroshot[ray]' (or pip install 'ray[data]')"
+OUTPUT_FORMATS = ("jsonl", "parquet")
+
+
+def require_ray() -> Any:
+    """Import and return ``ray`` (with ``ray.data``), or raise a :class:`UsageError` saying what to install."""
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise UsageError(RAY_HINT) from None
+    return ray
+
+
+@dataclass
+class SharedClassifier:
+    """A text classifier as plain, picklable data: what every actor needs, built once."""
+
+    weights: Any  # numpy float32 [num_classes, dim], unit rows
+    classes: tuple[str, ...]
+    name: str
+    model: str
+    pretrained: str | None
+    identity: dict[str, Any]
+    multi_label: dict[str, Any] | None = None  # threshold, kind, scale, bias, background (numpy)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, spec: Any, text: Any, multi_label: Any = None) -> SharedClassifier:
+        """From a :class:`~zeroshot.models.ModelSpec` and a :class:`~zeroshot.classifier.TextClassifier`."""
+        import numpy as np
+
+        from . import cache
+        from .models import weights_identity
+
+        weights = text.weights.detach().float().cpu().numpy() if hasattr(text.weights, "detach") else text.weights
+        rule = None
+        if multi_label is not None:
+            bg = multi_label.background
+            rule = {
+                "threshold": multi_label.threshold,
+                "kind": multi_label.kind,
+                "scale": multi_label.scale,
+                "bias": multi_label.bias,
+                "background": None if bg is None else bg.detach().float().cpu().numpy(),
+            }
+        return cls(
+            weights=np.ascontiguousarray(weights, dtype=np.float32),
+            classes=tuple(text.classes),
+            name=text.prompt_set.name,
+            model=spec.model,
+            pretrained=spec.pretrained,
+            identity=weights_identity(spec, cache.hash_memo_dir()),
+            multi_label=rule,
+        )
+
+    def model_spec(self) -> Any:
+        """The model, resolved on this machine (the bundled one wherever this install keeps it)."""
+        from .models import BUNDLED_NAME, resolve_spec
+
+        if self.model == BUNDLED_NAME:
+            return resolve_spec(BUNDLED_NAME)
+        return resolve_spec(self.model, self.pretrained)
+
+
+class ClassifyBatch:
+    """``map_batches`` callable: loads the model once per actor, classifies batches of images.
+
+    Input columns: ``path`` (string), optionally ``bytes`` (the file's content, from Ray's readers)
+    and ``error`` (a problem already known, e.g. a missing file). Output: a ``pyarrow.Table`` with
+    ``path``, ``label``, ``score``, ``error``, ``top_k`` (list of {label, score}), ``labels`` (with
+    multi-label) and ``record``, the CLI's JSON record for the row.
+    """
+
+    def __init__(
+        self,
+        classifier: SharedClassifier,
+        *,
+        top_k: int = 5,
+        device: str = "auto",
+        precision: str = "auto",
+        max_pixels: int | None = None,
+        jpeg_draft: bool = False,
+        min_score: float | None = None,
+        model_batch_size: int | None = None,
+    ) -> None:
+        import torch
+
+        from . import cache
+        from .decoding import FileDecoder, split_preprocess
+        from .export import ClassifierFileError
+        from .images import DEFAULT_MAX_PIXELS
+        from .models import load_model, resolve_device, resolve_precision, weights_identity
+        from .pipeline import default_batch_size
+        from .ranking import MultiLabel
+
+        spec = classifier.model_spec()
+        # The weights this node has must be the ones the classifier was built for.
+        if spec.model != classifier.model or weights_identity(spec, cache.hash_memo_dir()) != classifier.identity:
+            raise ClassifierFileError(
+                f"this node's {spec.label} is not the model the classifier was built for "
+                f"({classifier.model}, {classifier.identity})"
+            )
+        dev = resolve_device(device)
+        self.loaded = load_model(spec, dev, resolve_precision(precision, dev))
+        self.device = dev
+        self.classes = classifier.classes
+        self.weights = torch.from_numpy(classifier.weights.copy()).to(dev)
+        self.top_k = top_k
+        self.min_score = min_score
+        self.batch_size = model_batch_size or default_batch_size(dev)
+        self.split = split_preprocess(self.loaded.preprocess)
+        limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
+        self.decoder = FileDecoder(self.loaded.preprocess, self.split, jpeg_draft=jpeg_draft, max_pixels=limit)
+        self.rule = None
+        if classifier.multi_label is not None:
+            ml = dict(classifier.multi_label)
+            bg = ml.pop("background")
+            self.rule = MultiLabel(**ml, background=None if bg is None else torch.from_numpy(bg).to(dev))
+
+    def _decode(self, path: str, data: Any, known_error: Any) -> tuple[Any, str | None]:
+        from .decoding import read_file
+        from .images import ImageError
+
+        if known_error:
+            return None, str(known_error)
+        try:
+            raw = read_file(path) if data is None else bytes(data)
+            return self.decoder.decode_bytes(raw), None
+        except ImageError as e:
+            return None, str(e)
+
+    def _model_input(self, payloads: list[Any]) -> Any:
+        import numpy as np
+        import torch
+
+        from .decoding import to_model_input
+
+        if self.split is None:  # the whole transform ran: float tensors
+            return torch.stack(payloads).to(self.device, dtype=self.loaded.input_dtype)
+        return to_model_input(np.stack(payloads), self.split, self.device, self.loaded.input_dtype)
+
+    def classify(self, paths: Sequence[str], data: Sequence[Any] | None, errors: Sequence[Any] | None) -> list[dict]:
+        """The CLI's records for these inputs, in order."""
+        import torch
+
+        from .output import apply_min_score
+        from .ranking import error_record, multilabel_records, multilabel_scores, probabilities, records
+
+        decoded = [
+            self._decode(p, None if data is None else data[i], None if errors is None else errors[i])
+            for i, p in enumerate(paths)
+        ]
+        out: list[dict[str, Any] | None] = [None] * len(paths)
+        good = [i for i, (payload, _) in enumerate(decoded) if payload is not None]
+        for start in range(0, len(good), self.batch_size):
+            chunk = good[start : start + self.batch_size]
+            with torch.inference_mode():
+                feats = self.loaded.model.encode_image(self._model_input([decoded[i][0] for i in chunk])).float()
+                chunk_paths = [paths[i] for i in chunk]
+                if self.rule is None:
+                    recs = records(chunk_paths, probabilities(feats, self.weights, self.loaded.logit_scale),
+                                   self.classes, self.top_k)  # fmt: skip
+                else:
+                    scores = multilabel_scores(feats, self.weights, self.loaded.logit_scale, self.rule)
+                    recs = multilabel_records(chunk_paths, scores, self.classes, self.top_k, self.rule.threshold)
+            for i, rec in zip(chunk, recs, strict=True):
+                out[i] = apply_min_score(rec, self.min_score)
+        return [rec if rec is not None else error_record(paths[i], decoded[i][1] or "unknown error")
+                for i, rec in enumerate(out)]  # fmt: skip
+
+    def __call__(self, batch: dict[str, Any]) -> Any:
+        paths = [str(p) for p in batch["path"]]
+        data = batch.get("bytes")
+        errors = batch.get("error")
+        return records_table(self.classify(paths, data, errors), multi_label=self.rule is not None)
+
+
+def records_table(recs: Sequence[dict[str, Any]], *, multi_label: bool = False) -> Any:
+    """Records as a ``pyarrow.Table`` with typed columns, and each record's JSON line in ``record``."""
+    import pyarrow as pa
+
+    top_type = pa.list_(pa.struct([("label", pa.string()), ("score", pa.float64())]))
+    columns: dict[str, Any] = {
+        "path": pa.array([r["path"] for r in recs], pa.string()),
+        "label": pa.array([r.get("label") for r in recs], pa.string()),
+        "score": pa.array([r.get("score") for r in recs], pa.float64()),
+        "error": pa.array([r.get("error") for r in recs], pa.string()),
+        "top_k": pa.array([r.get("top_k") for r in recs], top_type),
+    }
+    if multi_label:
+        columns["labels"] = pa.array([r.get("labels") for r in recs], pa.list_(pa.string()))
+    columns["record"] = pa.array([json.dumps(r, ensure_ascii=False) for r in recs], pa.string())
+    return pa.table(columns)
+
+
+def _jsonl_datasink(path: str) -> Any:
+    from ray.data.datasource import BlockBasedFileDatasink
+
+    class JsonLinesDatasink(BlockBasedFileDatasink):
+        """The ``record`` column, one JSON object per line: the CLI's output, split over files."""
+
+        def __init__(self, path: str) -> None:
+            super().__init__(path, file_format="jsonl")
+
+        def write_block_to_file(self, block: Any, file: Any) -> None:
+            lines = block.to_arrow().column("record").to_pylist()
+            file.write("".join(line + "\n" for line in lines).encode("utf-8"))
+
+    return JsonLinesDatasink(path)
+
+
+def has_scheme(value: str) -> bool:
+    """A URI for Ray's file readers (``s3://bucket/x``), not a local path."""
+    head, sep, _ = value.partition("://")
+    return bool(sep) and head.isascii() and head.replace("+", "").isalnum() and len(head) > 1
+
+
+def input_dataset(inputs: Sequence[str], *, stdin: Any = None, blocks: int | None = None) -> Any:
+    """A Ray dataset of the inputs: local paths expanded as the CLI does (``path``, ``error``), or,
+    for URIs, Ray's binary reader over image files (``path``, ``bytes``). Not both kinds at once."""
+    ray = require_ray()
+    from .images import IMAGE_EXTENSIONS, iter_inputs
+
+    remote = [i for i in inputs if has_scheme(i)]
+    if remote and len(remote) != len(inputs):
+        raise UsageError("give either local paths or URIs (s3://...) to --engine ray, not both")
+    if remote:
+        exts = sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS)
+        return ray.data.read_binary_files(list(remote), include_paths=True, file_extensions=exts)
+    # "" for no error: a column of only None would reach the batches as NaN floats.
+    items = [{"path": inp.path, "error": inp.error or ""} for inp in iter_inputs(inputs, stdin=stdin)]
+    if not items:
+        raise UsageError("no inputs")
+    return ray.data.from_items(items, override_num_blocks=blocks or min(len(items), 200))
+
+
+def classify_dataset(
+    ds: Any,
+    classifier: SharedClassifier,
+    *,
+    workers: int = 1,
+    gpus_per_worker: float = 0.0,
+    cpus_per_worker: float | None = None,
+    batch_size: int = 64,
+    **options: Any,
+) -> Any:
+    """``ds.map_batches(ClassifyBatch, ...)`` with a pool of ``workers`` actors."""
+    import ray.data
+
+    device = "cuda" if gpus_per_worker > 0 else "cpu"
+    kwargs: dict[str, Any] = {}
+    if cpus_per_worker is not None:
+        kwargs["num_cpus"] = cpus_per_worker
+    if gpus_per_worker:
+        kwargs["num_gpus"] = gpus_per_worker
+    return ds.map_batches(
+        ClassifyBatch,
+        fn_constructor_args=(classifier,),
+        fn_constructor_kwargs={"device": device, **options},
+        batch_size=batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=workers),
+        **kwargs,
+    )
+
+
+def count_output(folder: str | Path, fmt: str) -> tuple[int, int]:
+    """(records, errors) in an output folder written by :func:`run` (local folders only)."""
+    folder = Path(folder)
+    total = errors = 0
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        for f in sorted(folder.glob("*.parquet")):
+            column = pq.read_table(f, columns=["error"]).column("error")
+            total += len(column)
+            errors += len(column) - column.null_count
+        return total, errors
+    for f in sorted(folder.glob("*.jsonl")):
+        with f.open(encoding="utf-8") as fh:
+            for line in fh:
+                total += 1
+                errors += '"error": ' in line and "error" in json.loads(line)
+    return total, errors
+
+
+def run(
+    inputs: Sequence[str],
+    classifier: SharedClassifier,
+    output: str,
+    *,
+    fmt: str = "jsonl",
+    address: str | None = None,
+    workers: int = 1,
+    gpus_per_worker: float = 0.0,
+    batch_size: int = 64,
+    stdin: Any = None,
+    quiet: bool = False,
+    **options: Any,
+) -> dict[str, Any]:
+    """Classify ``inputs`` on Ray and write the records to the ``output`` folder; returns a summary.
+
+    Joins the Ray at ``address`` (or the one this process already has, or starts a local one, which
+    it shuts down again at the end).
+    """
+    require_ray()
+    if fmt not in OUTPUT_FORMATS:
+        raise UsageError(f"--format with --engine ray must be one of {', '.join(OUTPUT_FORMATS)}, not {fmt!r}")
+    start = time.perf_counter()
+    with _stdout_to_stderr():  # Ray prints worker deaths and logs on stdout; ours carries the summary
+        return _run(inputs, classifier, output, fmt=fmt, address=address, workers=workers,
+                    gpus_per_worker=gpus_per_worker, batch_size=batch_size, stdin=stdin, quiet=quiet,
+                    start=start, **options)  # fmt: skip
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """Point file descriptor 1 (and ``sys.stdout``) at stderr for the duration."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def _run(
+    inputs: Sequence[str],
+    classifier: SharedClassifier,
+    output: str,
+    *,
+    fmt: str,
+    address: str | None,
+    workers: int,
+    gpus_per_worker: float,
+    batch_size: int,
+    stdin: Any,
+    quiet: bool,
+    start: float,
+    **options: Any,
+) -> dict[str, Any]:
+    ray = require_ray()
+    import logging
+
+    if quiet:  # Ray Data's own lines (execution plans, timings, "progress bars disabled") on stderr
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=not quiet)
+    try:
+        return _write(ray, inputs, classifier, output, fmt=fmt, workers=workers, gpus_per_worker=gpus_per_worker,
+                      batch_size=batch_size, stdin=stdin, quiet=quiet, start=start, **options)  # fmt: skip
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _write(
+    ray: Any,
+    inputs: Sequence[str],
+    classifier: SharedClassifier,
+    output: str,
+    *,
+    fmt: str,
+    workers: int,
+    gpus_per_worker: float,
+    batch_size: int,
+    stdin: Any,
+    quiet: bool,
+    start: float,
+    **options: Any,
+) -> dict[str, Any]:
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = not quiet
+    ds = classify_dataset(input_dataset(inputs, stdin=stdin), classifier, workers=workers,
+                          gpus_per_worker=gpus_per_worker, batch_size=batch_size, **options)  # fmt: skip
+    if fmt == "parquet":
+        ds.drop_columns(["record"]).write_parquet(output)
+    else:
+        ds.write_datasink(_jsonl_datasink(output))
+    summary: dict[str, Any] = {"engine": "ray", "output": output, "format": fmt, "workers": workers}
+    if not has_scheme(output):
+        summary["records"], summary["errors"] = count_output(output, fmt)
+    summary["seconds"] = round(time.perf_counter() - start, 3)
+    return summary
+
+
+def iter_records(folder: str | Path, fmt: str = "jsonl") -> Iterable[dict[str, Any]]:
+    """Read back the records of an output folder (local), in file order."""
+    folder = Path(folder)
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        for f in sorted(folder.glob("*.parquet")):
+            yield from pq.read_table(f).to_pylist()
+        return
+    for f in sorted(folder.glob("*.jsonl")):
+        with f.open(encoding="utf-8") as fh:
+            for line in fh:
+                yield json.loads(line)
