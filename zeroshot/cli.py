@@ -362,6 +362,10 @@ def classify(
     gpus_per_worker: Annotated[
         float, typer.Option("--gpus-per-worker", min=0, help="With --engine ray: GPUs per actor (0: CPU actors).")
     ] = 0.0,
+    cpus_per_worker: Annotated[
+        float | None,
+        typer.Option("--cpus-per-worker", min=0, help="With --engine ray: CPUs per actor (default 1)."),
+    ] = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Classify images; one JSON record per input on stdout, in input order.
@@ -385,10 +389,11 @@ def classify(
             cache_images=cache_images, classifier=classifier, multi_label=multi_label, threshold=threshold,
             calibration=calibration, background=background, min_score=min_score, fmt=fmt, output=output,
             report=report, ray_address=ray_address, gpus_per_worker=gpus_per_worker, quiet=quiet,
+            cpus_per_worker=cpus_per_worker,
         )  # fmt: skip
         return
-    if ray_address is not None or gpus_per_worker:
-        raise UsageError("--ray-address and --gpus-per-worker need --engine ray")
+    if ray_address is not None or gpus_per_worker or cpus_per_worker is not None:
+        raise UsageError("--ray-address, --gpus-per-worker and --cpus-per-worker need --engine ray")
     if not 0.0 <= threshold <= 1.0:
         raise UsageError(f"--threshold must be between 0 and 1, not {threshold}")
     if not background.strip():
@@ -559,7 +564,7 @@ def _classify_on_ray(inputs: list[str], **o: Any) -> None:
     shared = SharedClassifier.build(spec, text, rule)
     summary = ray_run(
         inputs, shared, str(o["output"]), fmt=o["fmt"], address=o["ray_address"], workers=o["workers"] or 1,
-        gpus_per_worker=o["gpus_per_worker"], batch_size=o["batch_size"] or 64,
+        gpus_per_worker=o["gpus_per_worker"], cpus_per_worker=o["cpus_per_worker"], batch_size=o["batch_size"] or 64,
         stdin=sys.stdin if "-" in inputs else None, quiet=o["quiet"], top_k=o["top_k"], precision=o["precision"],
         max_pixels=o["max_pixels"], jpeg_draft=o["jpeg_draft"], min_score=o["min_score"],
     )  # fmt: skip

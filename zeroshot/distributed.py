@@ -334,6 +334,7 @@ def run(
     address: str | None = None,
     workers: int = 1,
     gpus_per_worker: float = 0.0,
+    cpus_per_worker: float | None = None,
     batch_size: int = 64,
     stdin: Any = None,
     quiet: bool = False,
@@ -350,8 +351,8 @@ def run(
     start = time.perf_counter()
     with _stdout_to_stderr():  # Ray prints worker deaths and logs on stdout; ours carries the summary
         return _run(inputs, classifier, output, fmt=fmt, address=address, workers=workers,
-                    gpus_per_worker=gpus_per_worker, batch_size=batch_size, stdin=stdin, quiet=quiet,
-                    start=start, **options)  # fmt: skip
+                    gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker, batch_size=batch_size,
+                    stdin=stdin, quiet=quiet, start=start, **options)  # fmt: skip
 
 
 @contextlib.contextmanager
