@@ -190,3 +190,35 @@ def test_a_killed_worker_loses_and_duplicates_nothing(tmp_path, checkpoint):
     paths = [r["path"] for r in iter_records(out)]
     assert len(paths) == n and len(set(paths)) == n  # nothing lost, nothing twice
     assert all("error" not in r for r in iter_records(out))
+
+
+def test_a_file_that_crashes_the_decoder_costs_only_its_record(folder, checkpoint, monkeypatch):
+    """In an actor, decoding runs in forked processes: a crash there is that file's error record,
+    not a dead actor whose batch Ray would retry forever. (Run in-process: no Ray needed.)"""
+    from zeroshot.classifier import get_text_classifier
+    from zeroshot.decoding import FileDecoder
+    from zeroshot.distributed import ClassifyBatch, SharedClassifier
+    from zeroshot.models import load_model, resolve_spec
+    from zeroshot.prompts import resolve_prompt_set
+
+    real = FileDecoder.decode_bytes
+
+    def crash_on_boom(self, data):
+        if data.startswith(b"BOOM"):
+            os._exit(3)  # what a decoder crash (a segfault in a C library) does to its process
+        return real(self, data)
+
+    spec = resolve_spec(ARCH, str(checkpoint))
+    text = get_text_classifier(spec, resolve_prompt_set(labels=["fox", "cat"]), lambda: load_model(spec))
+    shared = SharedClassifier.build(spec, text)
+    good = sorted(str(p) for p in (folder / "sub").iterdir())[:3]
+    boom = folder.parent / "boom.png"
+    boom.write_bytes(b"BOOM" + b"\0" * 100)
+    paths = [good[0], str(boom), good[1], good[2]]
+    plain = ClassifyBatch(shared, decode_workers=0).classify(good, None, None)
+    monkeypatch.setattr(FileDecoder, "decode_bytes", crash_on_boom)
+    batch = ClassifyBatch(shared, decode_workers=1)
+    recs = batch.classify(paths, None, ["", "", "", ""])
+    assert [r["path"] for r in recs] == paths
+    assert recs[1] == {"path": str(boom), "error": "the image decoder crashed on this file"}
+    assert [recs[0], recs[2], recs[3]] == plain

@@ -123,6 +123,7 @@ class ClassifyBatch:
         jpeg_draft: bool = False,
         min_score: float | None = None,
         model_batch_size: int | None = None,
+        decode_workers: int = 1,
     ) -> None:
         import torch
 
@@ -152,23 +153,35 @@ class ClassifyBatch:
         self.split = split_preprocess(self.loaded.preprocess)
         limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
         self.decoder = FileDecoder(self.loaded.preprocess, self.split, jpeg_draft=jpeg_draft, max_pixels=limit)
+        # Decoding runs in forked worker processes (as in the local engine) where it can: a file
+        # that crashes the decoder then costs its own record, not the actor (whose batch Ray would
+        # retry, and crash on, forever).
+        from .decoding import processes_usable
+
+        self.decode_workers = decode_workers if processes_usable(self.decoder) else 0
         self.rule = None
         if classifier.multi_label is not None:
             ml = dict(classifier.multi_label)
             bg = ml.pop("background")
             self.rule = MultiLabel(**ml, background=None if bg is None else torch.from_numpy(bg).to(dev))
 
-    def _decode(self, path: str, data: Any, known_error: Any) -> tuple[Any, str | None]:
-        from .decoding import read_file
-        from .images import ImageError
+    def _decode_all(self, paths: Sequence[str], data: Sequence[Any] | None, errors: Sequence[Any] | None) -> list:
+        """(payload, error) per input, in order."""
+        from .decoding import process_pool
+        from .pipeline import PROCESS_CHUNK, decode_stream
 
-        if known_error:
-            return None, str(known_error)
-        try:
-            raw = read_file(path) if data is None else bytes(data)
-            return self.decoder.decode_bytes(raw), None
-        except ImageError as e:
-            return None, str(e)
+        items = [
+            (p, None if data is None else bytes(data[i]), None if errors is None else (errors[i] or None))
+            for i, p in enumerate(paths)
+        ]
+        workers = self.decode_workers
+        if workers <= 0:
+            return [_decode_item(self.decoder, item) for item in items]
+        stream = decode_stream(
+            items, lambda item: _decode_item(self.decoder, item), workers, 4 * PROCESS_CHUNK * workers,
+            pool_factory=lambda: process_pool(self.decoder, workers), remote=_decode_in_worker, chunk=PROCESS_CHUNK,
+        )  # fmt: skip
+        return [(payload, err) for _, payload, err in stream]
 
     def _model_input(self, payloads: list[Any]) -> Any:
         import numpy as np
@@ -187,10 +200,7 @@ class ClassifyBatch:
         from .output import apply_min_score
         from .ranking import error_record, multilabel_records, multilabel_scores, probabilities, records
 
-        decoded = [
-            self._decode(p, None if data is None else data[i], None if errors is None else errors[i])
-            for i, p in enumerate(paths)
-        ]
+        decoded = self._decode_all(paths, data, errors)
         out: list[dict[str, Any] | None] = [None] * len(paths)
         good = [i for i, (payload, _) in enumerate(decoded) if payload is not None]
         for start in range(0, len(good), self.batch_size):
@@ -214,6 +224,27 @@ class ClassifyBatch:
         data = batch.get("bytes")
         errors = batch.get("error")
         return records_table(self.classify(paths, data, errors), multi_label=self.rule is not None)
+
+
+def _decode_item(decoder: Any, item: tuple[str, bytes | None, str | None]) -> tuple[Any, str | None]:
+    """Decode one (path, bytes or None, known error) item: (payload, None) or (None, message)."""
+    from .decoding import read_file
+    from .images import ImageError
+
+    path, data, known_error = item
+    if known_error:
+        return None, str(known_error)
+    try:
+        return decoder.decode_bytes(read_file(path) if data is None else data), None
+    except ImageError as e:
+        return None, str(e)
+
+
+def _decode_in_worker(items: list[tuple[str, bytes | None, str | None]]) -> list[tuple[Any, str | None]]:
+    """In a forked decoding process: the decoder the pool was started with."""
+    from . import decoding
+
+    return [_decode_item(decoding._worker_decoder, item) for item in items]
 
 
 def records_table(recs: Sequence[dict[str, Any]], *, multi_label: bool = False) -> Any:
