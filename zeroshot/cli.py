@@ -338,7 +338,12 @@ def classify(
         ),
     ] = None,
     fmt: Annotated[
-        str, typer.Option("--format", "-f", help="jsonl (default, one record per line), json, csv or table.")
+        str,
+        typer.Option(
+            "--format",
+            "-f",
+            help="jsonl (default, one record per line), json, csv or table; jsonl or parquet with --engine ray.",
+        ),
     ] = "jsonl",
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Write records to FILE (atomically) instead of stdout.")
@@ -352,7 +357,7 @@ def classify(
         typer.Option(
             "--engine",
             help="local (this process and its decoding workers) or ray (Ray Data: --workers actors, "
-            "--output DIR; needs zeroshot[ray]).",
+            "--output DIR; needs zeroshot\\[ray]).",
         ),
     ] = "local",
     ray_address: Annotated[
