@@ -85,14 +85,11 @@ class Zeroshot:
 
         rule = None
         if multi_label or calibration is not None:
-            from .calibration import Calibration, check_calibration_model, load_calibration
-            from .classifier import multilabel_rule
+            from .classifier import resolve_multilabel
 
-            if calibration is not None and not isinstance(calibration, Calibration):
-                calibration = load_calibration(calibration)
-            if calibration is not None:
-                check_calibration_model(calibration, self.spec)
-            rule = multilabel_rule(self.loaded, text.prompt_set, threshold, calibration=calibration)
+            rule = resolve_multilabel(
+                self.spec, text.prompt_set, lambda: self.loaded, threshold=threshold, calibration=calibration
+            )
         options = DecodeOptions(workers=workers, decoder=decoder, jpeg_draft=jpeg_draft)
         return classify_inputs(
             self.loaded, text, iter_inputs(paths), top_k=top_k, batch_size=batch_size,

@@ -269,30 +269,19 @@ def _encode_per_class(loaded: LoadedModel, prompt_set: PromptSet, batch_size: in
 
     prompts: list[str] = []
     owner: list[int] = []
-    by_template: dict[int, list[int]] = {}  # template index -> rows, for prefix sharing
-    literal: list[int] = []
-    templates = prompt_set.templates
-    for c, name in enumerate(prompt_set.classes):
-        spec = prompt_set.spec(c)
-        texts: tuple[str, ...] = (name,) if spec is None else (spec.texts or (name,))
-        if spec is None or spec.prompts is None:
-            for text in texts:
-                for t, template in enumerate(templates):
-                    by_template.setdefault(t, []).append(len(prompts))
-                    prompts.append(template.replace("{label}", text))
-                    owner.append(c)
-        for extra in () if spec is None else (spec.prompts if spec.prompts is not None else spec.extra):
-            literal.append(len(prompts))
-            prompts.append(extra)
+    by_template: dict[int | None, list[int]] = {}  # template index (None: literal) -> rows, for prefix sharing
+    for c, rows in enumerate(prompt_set.class_rows()):
+        for t, prompt in rows:
+            by_template.setdefault(t, []).append(len(prompts))
+            prompts.append(prompt)
             owner.append(c)
     if (trim is None or trim) and prefix_shareable(loaded.model):
-        groups = [g for g in (*by_template.values(), literal) if g]
-        per_prompt = _encode_grouped(loaded, tokenize(loaded, prompts), groups, batch_size)
+        per_prompt = _encode_grouped(loaded, tokenize(loaded, prompts), list(by_template.values()), batch_size)
     else:
         per_prompt = encode_texts(loaded, prompts, batch_size, trim)
     with torch.inference_mode():
-        rows = torch.tensor(owner, device=per_prompt.device)
-        means = [per_prompt[rows == c].mean(dim=0) for c in range(len(prompt_set.classes))]
+        of_class = torch.tensor(owner, device=per_prompt.device)
+        means = [per_prompt[of_class == c].mean(dim=0) for c in range(len(prompt_set.classes))]
         return F.normalize(torch.stack(means), dim=-1)
 
 
@@ -401,3 +390,24 @@ def multilabel_rule(
     templates = prompt_set.templates or load_pack(DEFAULT_PACK).templates
     ref = PromptSet(name="background", classes=(background or DEFAULT_BACKGROUND,), templates=templates)
     return MultiLabel(threshold=threshold, kind="background", background=encode_prompt_set(loaded, ref)[0])
+
+
+def resolve_multilabel(
+    spec: ModelSpec,
+    prompt_set: PromptSet,
+    load: Callable[[], LoadedModel],
+    *,
+    threshold: float = 0.5,
+    background: str | None = None,
+    calibration: Any = None,
+) -> Any:
+    """:func:`multilabel_rule` from user options: ``calibration`` is a path or a loaded
+    :class:`~zeroshot.calibration.Calibration`, checked against ``spec``; ``load()`` is called only
+    when the rule needs the model (no calibration)."""
+    cal = None
+    if calibration is not None:
+        from .calibration import Calibration, check_calibration_model, load_calibration
+
+        cal = calibration if isinstance(calibration, Calibration) else load_calibration(calibration)
+        check_calibration_model(cal, spec)
+    return multilabel_rule(None if cal is not None else load(), prompt_set, threshold, background, cal)

@@ -193,16 +193,9 @@ def _model_and_text(
     (a :class:`~zeroshot.export.ClassifierFile`, checked against the model), else from the cache
     or built."""
     from .classifier import TextClassifier, get_text_classifier
-    from .models import load_model, resolve_device, resolve_precision, resolve_spec
+    from .models import load_model, resolve_device, resolve_precision
 
-    if classifier_file is not None and model is None and pretrained is None:
-        spec = _spec_of_classifier_file(classifier_file)
-    else:
-        spec = resolve_spec(model, pretrained)
-    if classifier_file is not None:
-        from .export import check_model
-
-        check_model(classifier_file, spec)  # before loading: a wrong model fails fast
+    spec = _spec_for(classifier_file, model, pretrained)  # a classifier file's model is checked here
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
     with _status(show, f"loading {spec.label} on {dev} ({prec})"):
@@ -210,11 +203,61 @@ def _model_and_text(
     if classifier_file is not None:
         import torch
 
+        from .export import check_model
+
         check_model(classifier_file, spec, loaded.embed_dim)
         weights = torch.from_numpy(classifier_file.weights.copy()).to(dev)
         return loaded, TextClassifier(classifier_file.prompt_set, weights, classifier_file.path, True, 0.0)
     text = get_text_classifier(spec, prompt_set, lambda: loaded, use_cache=not no_cache, device=dev, precision=prec)
     return loaded, text
+
+
+def _open_classifier_file(
+    classifier: Path | None, labels: Any, label: Any, dataset: str | None, templates: Path | None
+) -> Any:
+    """The ``--classifier`` file, read and checked, or None; it excludes the other class options."""
+    if classifier is None:
+        return None
+    from .export import load_classifier
+
+    if labels is not None or label or dataset is not None or templates is not None:
+        raise UsageError("--classifier brings its own classes: drop --labels/--label/--dataset/--templates")
+    return load_classifier(classifier)
+
+
+def _spec_for(file: Any, model: str | None, pretrained: str | None) -> Any:
+    """The model to run: --model/--pretrained, else a classifier file's own; a file is checked against it."""
+    from .models import resolve_spec
+
+    if file is None:
+        return resolve_spec(model, pretrained)
+    from .export import check_model
+
+    spec = _spec_of_classifier_file(file) if model is None and pretrained is None else resolve_spec(model, pretrained)
+    check_model(file, spec)  # before loading: a wrong model fails fast
+    return spec
+
+
+def _multilabel(
+    spec: Any, text: Any, load: Callable[[], Any], threshold: float, background: str, calibration: Any, quiet: bool
+) -> Any:
+    """The --multi-label rule; says on stderr when its scores are not calibrated."""
+    from .classifier import resolve_multilabel
+
+    rule = resolve_multilabel(spec, text.prompt_set, load, threshold=threshold, background=background,
+                              calibration=calibration)  # fmt: skip
+    if rule.kind == "background" and not quiet:
+        sys.stderr.write(
+            "zeroshot: note: --multi-label scores are not calibrated for this model (label vs. "
+            f"'{background}'); eval --calibrate FILE fits a calibration to pass with --calibration\n"
+        )
+    return rule
+
+
+def _check_folder(option: str, path: Path | None) -> None:
+    """A file option's folder must exist before any work is done."""
+    if path is not None and not (path.parent if str(path.parent) else Path(".")).is_dir():
+        raise UsageError(f"{option} {path}: its folder does not exist")
 
 
 def _spec_of_classifier_file(file: Any) -> Any:
@@ -386,42 +429,33 @@ def classify(
         raise UsageError(f"--min-score must be between 0 and 1, not {min_score}")
     if engine not in ("local", "ray"):
         raise UsageError(f"--engine must be local or ray, not {engine!r}")
-    if engine == "ray":
-        _classify_on_ray(
-            inputs or [], labels=labels, label=label, dataset=dataset, templates=templates, model=model,
-            pretrained=pretrained, precision=precision, batch_size=batch_size, top_k=top_k, workers=workers,
-            decoder=decoder, jpeg_draft=jpeg_draft, max_pixels=max_pixels, no_cache=no_cache,
-            cache_images=cache_images, classifier=classifier, multi_label=multi_label, threshold=threshold,
-            calibration=calibration, background=background, min_score=min_score, fmt=fmt, output=output,
-            report=report, ray_address=ray_address, gpus_per_worker=gpus_per_worker, quiet=quiet,
-            cpus_per_worker=cpus_per_worker,
-        )  # fmt: skip
-        return
-    if ray_address is not None or gpus_per_worker or cpus_per_worker is not None:
+    if engine == "local" and (ray_address is not None or gpus_per_worker or cpus_per_worker is not None):
         raise UsageError("--ray-address, --gpus-per-worker and --cpus-per-worker need --engine ray")
     if not 0.0 <= threshold <= 1.0:
         raise UsageError(f"--threshold must be between 0 and 1, not {threshold}")
     if not background.strip():
         raise UsageError("--background is empty")
-    if fmt not in FORMATS:
-        raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
-    for opt, value in (("--output", output), ("--report", report)):
-        if value is not None and not (value.parent if str(value.parent) else Path(".")).is_dir():
-            raise UsageError(f"{opt} {value}: its folder does not exist")
     if decoder not in DECODERS:
         raise UsageError(f"--decoder must be one of {', '.join(DECODERS)}, not {decoder!r}")
     if not inputs:
         raise UsageError("no inputs: give image files, folders, or - to read paths from stdin")
-    classifier_file = None
-    if classifier is not None:
-        from .export import load_classifier
-
-        if labels is not None or label or dataset is not None or templates is not None:
-            raise UsageError("--classifier brings its own classes: drop --labels/--label/--dataset/--templates")
-        classifier_file = load_classifier(classifier)
-        prompt_set = classifier_file.prompt_set
-    else:
-        prompt_set = _prompt_set(dataset, labels, label, templates)
+    classifier_file = _open_classifier_file(classifier, labels, label, dataset, templates)
+    if engine == "ray":
+        _classify_on_ray(
+            inputs, labels=labels, label=label, dataset=dataset, templates=templates, model=model,
+            pretrained=pretrained, precision=precision, batch_size=batch_size, top_k=top_k, workers=workers,
+            decoder=decoder, jpeg_draft=jpeg_draft, max_pixels=max_pixels, no_cache=no_cache,
+            cache_images=cache_images, classifier_file=classifier_file, multi_label=multi_label,
+            threshold=threshold, calibration=calibration, background=background.strip(), min_score=min_score,
+            fmt=fmt, output=output, report=report, ray_address=ray_address, gpus_per_worker=gpus_per_worker,
+            quiet=quiet, cpus_per_worker=cpus_per_worker,
+        )  # fmt: skip
+        return
+    if fmt not in FORMATS:
+        raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    _check_folder("--output", output)
+    _check_folder("--report", report)
+    prompt_set = classifier_file.prompt_set if classifier_file else _prompt_set(dataset, labels, label, templates)
     show = not quiet and sys.stderr.isatty()
     console = _console() if show else None
     loaded, text = _model_and_text(
@@ -429,20 +463,8 @@ def classify(
     )
     rule = None
     if multi_label or calibration is not None:
-        from .calibration import check_calibration_model, load_calibration
-        from .classifier import multilabel_rule
-
-        cal = None
-        if calibration is not None:
-            cal = load_calibration(calibration)
-            check_calibration_model(cal, loaded.spec)
-        rule = multilabel_rule(loaded, text.prompt_set, threshold, background.strip(), cal)
+        rule = _multilabel(loaded.spec, text, lambda: loaded, threshold, background.strip(), calibration, quiet)
         multi_label = True
-        if rule.kind == "background" and not quiet:
-            sys.stderr.write(
-                "zeroshot: note: --multi-label scores are not calibrated for this model (label vs. "
-                f"'{background.strip()}'); eval --calibrate FILE fits a calibration to pass with --calibration\n"
-            )
     sheet = None
     if report is not None:
         from .report import ContactSheet
@@ -515,8 +537,6 @@ def _classify_on_ray(inputs: list[str], **o: Any) -> None:
     from .distributed import run as ray_run
 
     require_ray()
-    if not inputs:
-        raise UsageError("no inputs: give image files, folders, URIs (s3://...), or - to read paths from stdin")
     if o["output"] is None:
         raise UsageError("--engine ray writes to a folder: give --output DIR")
     if o["fmt"] not in OUTPUT_FORMATS:
@@ -525,10 +545,8 @@ def _classify_on_ray(inputs: list[str], **o: Any) -> None:
                      ("--decoder batched", o["decoder"] == "batched")):  # fmt: skip
         if bad:
             raise UsageError(f"{opt} is not available with --engine ray")
-    if not 0.0 <= o["threshold"] <= 1.0:
-        raise UsageError(f"--threshold must be between 0 and 1, not {o['threshold']}")
-    from .classifier import TextClassifier, get_text_classifier, multilabel_rule
-    from .models import load_model, resolve_spec
+    from .classifier import TextClassifier, get_text_classifier
+    from .models import load_model
 
     show = not o["quiet"] and sys.stderr.isatty()
     loaded_box: list[Any] = []
@@ -539,33 +557,16 @@ def _classify_on_ray(inputs: list[str], **o: Any) -> None:
                 loaded_box.append(load_model(spec, "cpu", "fp32"))
         return loaded_box[0]
 
-    if o["classifier"] is not None:
-        from .export import check_model, load_classifier
-
-        if o["labels"] is not None or o["label"] or o["dataset"] is not None or o["templates"] is not None:
-            raise UsageError("--classifier brings its own classes: drop --labels/--label/--dataset/--templates")
-        file = load_classifier(o["classifier"])
-        if o["model"] is None and o["pretrained"] is None:
-            spec = _spec_of_classifier_file(file)
-        else:
-            spec = resolve_spec(o["model"], o["pretrained"])
-        check_model(file, spec)
+    file = o["classifier_file"]
+    spec = _spec_for(file, o["model"], o["pretrained"])
+    if file is not None:
         text = TextClassifier(file.prompt_set, file.weights, file.path, True, 0.0)
     else:
         prompt_set = _prompt_set(o["dataset"], o["labels"], o["label"], o["templates"])
-        spec = resolve_spec(o["model"], o["pretrained"])
         text = get_text_classifier(spec, prompt_set, load, use_cache=not o["no_cache"], precision="fp32")
     rule = None
     if o["multi_label"] or o["calibration"] is not None:
-        from .calibration import check_calibration_model, load_calibration
-
-        cal = None
-        if o["calibration"] is not None:
-            cal = load_calibration(o["calibration"])
-            check_calibration_model(cal, spec)
-        bias_model = cal is None  # the background class, or the model's own bias, needs the model
-        rule = multilabel_rule(load() if bias_model else None, text.prompt_set, o["threshold"],
-                               o["background"].strip(), cal)  # fmt: skip
+        rule = _multilabel(spec, text, load, o["threshold"], o["background"], o["calibration"], o["quiet"])
     shared = SharedClassifier.build(spec, text, rule)
     summary = ray_run(
         inputs, shared, str(o["output"]), fmt=o["fmt"], address=o["ray_address"], workers=o["workers"] or 1,
@@ -629,8 +630,7 @@ def build_prompts(
         with _status(show, f"loading {spec.label}"):
             return load_model(spec, dev, prec)
 
-    if output is not None and not (output.parent if str(output.parent) else Path(".")).is_dir():
-        raise UsageError(f"--output {output}: its folder does not exist")
+    _check_folder("--output", output)
     text = get_text_classifier(spec, prompt_set, load, batch_size=batch_size, precision=prec)
     if output is not None:
         from .export import save_classifier
@@ -703,9 +703,8 @@ def eval_cmd(
     from .evaluate import evaluate_run, folder_classes
     from .prompts import resolve_prompt_set
 
-    for opt, value in (("--report", report), ("--calibrate", calibrate)):
-        if value is not None and not (value.parent if str(value.parent) else Path(".")).is_dir():
-            raise UsageError(f"{opt} {value}: its folder does not exist")
+    _check_folder("--report", report)
+    _check_folder("--calibrate", calibrate)
 
     if folder is None and dataset is None:
         raise UsageError("give a FOLDER of class sub-folders, or --dataset fashion-mnist")

@@ -348,12 +348,17 @@ def count_output(folder: str | Path, fmt: str) -> tuple[int, int]:
             total += len(column)
             errors += len(column) - column.null_count
         return total, errors
+    for line in _jsonl_lines(folder):
+        total += 1
+        # Exact without parsing: inside JSON strings a quote is escaped, so this is only ever the key.
+        errors += '"error": ' in line
+    return total, errors
+
+
+def _jsonl_lines(folder: Path) -> Iterator[str]:
     for f in sorted(folder.glob("*.jsonl")):
         with f.open(encoding="utf-8") as fh:
-            for line in fh:
-                total += 1
-                errors += '"error": ' in line and "error" in json.loads(line)
-    return total, errors
+            yield from fh
 
 
 def run(
@@ -376,14 +381,42 @@ def run(
     Joins the Ray at ``address`` (or the one this process already has, or starts a local one, which
     it shuts down again at the end).
     """
-    require_ray()
+    ray = require_ray()
     if fmt not in OUTPUT_FORMATS:
         raise UsageError(f"--format with --engine ray must be one of {', '.join(OUTPUT_FORMATS)}, not {fmt!r}")
     start = time.perf_counter()
-    with _stdout_to_stderr():  # Ray prints worker deaths and logs on stdout; ours carries the summary
-        return _run(inputs, classifier, output, fmt=fmt, address=address, workers=workers,
-                    gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker, batch_size=batch_size,
-                    stdin=stdin, quiet=quiet, start=start, **options)  # fmt: skip
+    # Ray prints worker deaths and logs on stdout; ours carries the summary.
+    with _stdout_to_stderr(), _ray_session(ray, address, quiet):
+        ray.data.DataContext.get_current().enable_progress_bars = not quiet
+        ds = classify_dataset(input_dataset(inputs, stdin=stdin), classifier, workers=workers,
+                              gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker,
+                              batch_size=batch_size, **options)  # fmt: skip
+        if fmt == "parquet":
+            ds.drop_columns(["record"]).write_parquet(output)
+        else:
+            ds.write_datasink(_jsonl_datasink(output))
+    summary: dict[str, Any] = {"engine": "ray", "output": output, "format": fmt, "workers": workers}
+    if not has_scheme(output):
+        summary["records"], summary["errors"] = count_output(output, fmt)
+    summary["seconds"] = round(time.perf_counter() - start, 3)
+    return summary
+
+
+@contextlib.contextmanager
+def _ray_session(ray: Any, address: str | None, quiet: bool) -> Iterator[None]:
+    """The Ray this process has, or one joined/started here and shut down at the end."""
+    import logging
+
+    if quiet:  # Ray Data's own lines (execution plans, timings, "progress bars disabled") on stderr
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=not quiet)
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()
 
 
 @contextlib.contextmanager
@@ -401,67 +434,6 @@ def _stdout_to_stderr() -> Iterator[None]:
         os.close(saved)
 
 
-def _run(
-    inputs: Sequence[str],
-    classifier: SharedClassifier,
-    output: str,
-    *,
-    fmt: str,
-    address: str | None,
-    workers: int,
-    gpus_per_worker: float,
-    batch_size: int,
-    stdin: Any,
-    quiet: bool,
-    start: float,
-    **options: Any,
-) -> dict[str, Any]:
-    ray = require_ray()
-    import logging
-
-    if quiet:  # Ray Data's own lines (execution plans, timings, "progress bars disabled") on stderr
-        logging.getLogger("ray.data").setLevel(logging.ERROR)
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=not quiet)
-    try:
-        return _write(ray, inputs, classifier, output, fmt=fmt, workers=workers, gpus_per_worker=gpus_per_worker,
-                      batch_size=batch_size, stdin=stdin, quiet=quiet, start=start, **options)  # fmt: skip
-    finally:
-        if started:
-            ray.shutdown()
-
-
-def _write(
-    ray: Any,
-    inputs: Sequence[str],
-    classifier: SharedClassifier,
-    output: str,
-    *,
-    fmt: str,
-    workers: int,
-    gpus_per_worker: float,
-    batch_size: int,
-    stdin: Any,
-    quiet: bool,
-    start: float,
-    **options: Any,
-) -> dict[str, Any]:
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = not quiet
-    ds = classify_dataset(input_dataset(inputs, stdin=stdin), classifier, workers=workers,
-                          gpus_per_worker=gpus_per_worker, batch_size=batch_size, **options)  # fmt: skip
-    if fmt == "parquet":
-        ds.drop_columns(["record"]).write_parquet(output)
-    else:
-        ds.write_datasink(_jsonl_datasink(output))
-    summary: dict[str, Any] = {"engine": "ray", "output": output, "format": fmt, "workers": workers}
-    if not has_scheme(output):
-        summary["records"], summary["errors"] = count_output(output, fmt)
-    summary["seconds"] = round(time.perf_counter() - start, 3)
-    return summary
-
-
 def iter_records(folder: str | Path, fmt: str = "jsonl") -> Iterable[dict[str, Any]]:
     """Read back the records of an output folder (local), in file order."""
     folder = Path(folder)
@@ -471,7 +443,5 @@ def iter_records(folder: str | Path, fmt: str = "jsonl") -> Iterable[dict[str, A
         for f in sorted(folder.glob("*.parquet")):
             yield from pq.read_table(f).to_pylist()
         return
-    for f in sorted(folder.glob("*.jsonl")):
-        with f.open(encoding="utf-8") as fh:
-            for line in fh:
-                yield json.loads(line)
+    for line in _jsonl_lines(folder):
+        yield json.loads(line)

@@ -187,21 +187,9 @@ class EvalRun:
         return self.feats @ weights.to(self.feats.device).float().T
 
 
-def run_eval(
-    loaded: LoadedModel,
-    text: TextClassifier,
-    *,
-    folder: Path | None,
-    idx_dir: Path | None,
-    split: str,
-    limit: int | None,
-    batch_size: int,
-    workers: int | None,
-) -> tuple[dict[str, Any], list[dict[str, str]]]:
-    """Evaluate on a folder or on IDX files; returns (record, failures)."""
-    run = evaluate_run(
-        loaded, text, folder=folder, idx_dir=idx_dir, split=split, limit=limit, batch_size=batch_size, workers=workers
-    )
+def run_eval(loaded: LoadedModel, text: TextClassifier, **options: Any) -> tuple[dict[str, Any], list[dict[str, str]]]:
+    """Evaluate on a folder or on IDX files (options as :func:`evaluate_run`); returns (record, failures)."""
+    run = evaluate_run(loaded, text, **options)
     return run.record, run.failed
 
 

@@ -57,10 +57,12 @@ class ClassPrompts:
     extra: tuple[str, ...] = ()
     prompts: tuple[str, ...] | None = None
 
-    def render(self, name: str, templates: Sequence[str]) -> list[str]:
+    def rows(self, name: str, templates: Sequence[str]) -> list[tuple[int | None, str]]:
+        """(template index, or None for a literal prompt; prompt) for the class called ``name``."""
         if self.prompts is not None:
-            return list(self.prompts)
-        return [render(t, text) for text in (self.texts or (name,)) for t in templates] + list(self.extra)
+            return [(None, p) for p in self.prompts]
+        templated = [(t, render(tpl, text)) for text in (self.texts or (name,)) for t, tpl in enumerate(templates)]
+        return templated + [(None, p) for p in self.extra]
 
     def as_data(self) -> dict[str, Any]:
         """JSON data for cache keys and exported classifier files."""
@@ -113,13 +115,14 @@ class PromptSet:
             return [render(t, label) for t in self.templates]
         return self.class_prompts()[index]
 
+    def class_rows(self) -> list[list[tuple[int | None, str]]]:
+        """Each class's (template index or None, prompt) pairs, in class order."""
+        plain = ClassPrompts()
+        return [(self.spec(i) or plain).rows(name, self.templates) for i, name in enumerate(self.classes)]
+
     def class_prompts(self) -> list[list[str]]:
         """Each class's prompts, in class order."""
-        out = []
-        for i, name in enumerate(self.classes):
-            spec = self.spec(i)
-            out.append(spec.render(name, self.templates) if spec else [render(t, name) for t in self.templates])
-        return out
+        return [[prompt for _, prompt in rows] for rows in self.class_rows()]
 
     def all_prompts(self) -> list[str]:
         """Every prompt, class-major: class 0's, then class 1's, ..."""
