@@ -21,7 +21,7 @@ from typing import Any
 
 from . import cache
 from .errors import UsageError
-from .models import ModelSpec, weights_identity
+from .models import ModelSpec, model_label, weights_identity
 
 FORMAT = "zeroshot-multilabel-calibration"
 FORMAT_VERSION = 1
@@ -43,7 +43,7 @@ class Calibration:
 
     @property
     def model_label(self) -> str:
-        return self.model if self.pretrained is None else f"{self.model} ({self.pretrained})"
+        return model_label(self.model, self.pretrained)
 
 
 def fit_platt(cos: Any, labels: Any, init_scale: float = 100.0) -> tuple[float, float]:
@@ -142,7 +142,7 @@ def load_calibration(path: str | Path) -> Calibration:
 
 
 def check_calibration_model(cal: Calibration, spec: ModelSpec) -> None:
-    if cal.model != spec.model or cal.identity != weights_identity(spec, cache.hash_memo_dir()):
+    if not spec.matches(cal.model, cal.identity):
         raise CalibrationFileError(
             f"calibration file {cal.path} was fitted for {cal.model_label}, but this run uses {spec.label}: "
             "fit one for this model with eval --calibrate"

@@ -267,21 +267,20 @@ def _encode_per_class(loaded: LoadedModel, prompt_set: PromptSet, batch_size: in
     import torch
     import torch.nn.functional as F
 
-    prompts: list[str] = []
-    owner: list[int] = []
+    prompts: list[str] = []  # class by class, so each class's rows are contiguous
+    counts: list[int] = []
     by_template: dict[int | None, list[int]] = {}  # template index (None: literal) -> rows, for prefix sharing
-    for c, rows in enumerate(prompt_set.class_rows()):
+    for rows in prompt_set.class_rows():
+        counts.append(len(rows))
         for t, prompt in rows:
             by_template.setdefault(t, []).append(len(prompts))
             prompts.append(prompt)
-            owner.append(c)
     if (trim is None or trim) and prefix_shareable(loaded.model):
         per_prompt = _encode_grouped(loaded, tokenize(loaded, prompts), list(by_template.values()), batch_size)
     else:
         per_prompt = encode_texts(loaded, prompts, batch_size, trim)
     with torch.inference_mode():
-        of_class = torch.tensor(owner, device=per_prompt.device)
-        means = [per_prompt[of_class == c].mean(dim=0) for c in range(len(prompt_set.classes))]
+        means = [rows.mean(dim=0) for rows in per_prompt.split(counts)]
         return F.normalize(torch.stack(means), dim=-1)
 
 

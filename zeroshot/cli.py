@@ -192,7 +192,7 @@ def _model_and_text(
     """Load the model (spinner for people) and get its text classifier: from ``classifier_file``
     (a :class:`~zeroshot.export.ClassifierFile`, checked against the model), else from the cache
     or built."""
-    from .classifier import TextClassifier, get_text_classifier
+    from .classifier import get_text_classifier
     from .models import load_model, resolve_device, resolve_precision
 
     spec = _spec_for(classifier_file, model, pretrained)  # a classifier file's model is checked here
@@ -201,13 +201,10 @@ def _model_and_text(
     with _status(show, f"loading {spec.label} on {dev} ({prec})"):
         loaded = load_model(spec, dev, prec)
     if classifier_file is not None:
-        import torch
-
         from .export import check_model
 
         check_model(classifier_file, spec, loaded.embed_dim)
-        weights = torch.from_numpy(classifier_file.weights.copy()).to(dev)
-        return loaded, TextClassifier(classifier_file.prompt_set, weights, classifier_file.path, True, 0.0)
+        return loaded, classifier_file.text_classifier(dev)
     text = get_text_classifier(spec, prompt_set, lambda: loaded, use_cache=not no_cache, device=dev, precision=prec)
     return loaded, text
 
@@ -263,12 +260,10 @@ def _check_folder(option: str, path: Path | None) -> None:
 def _spec_of_classifier_file(file: Any) -> Any:
     """The model a classifier file was built for, found on this machine."""
     from .errors import ModelLoadError
-    from .models import BUNDLED_NAME, resolve_spec
+    from .models import spec_built_for
 
-    if file.model == BUNDLED_NAME:
-        return resolve_spec(BUNDLED_NAME)  # the bundled weights, wherever this install keeps them
     try:
-        return resolve_spec(file.model, file.pretrained)
+        return spec_built_for(file.model, file.pretrained)
     except ModelLoadError as e:
         raise ModelLoadError(
             f"{e} (the model classifier file {file.path} was built with; pass --model/--pretrained)"
@@ -545,7 +540,7 @@ def _classify_on_ray(inputs: list[str], **o: Any) -> None:
                      ("--decoder batched", o["decoder"] == "batched")):  # fmt: skip
         if bad:
             raise UsageError(f"{opt} is not available with --engine ray")
-    from .classifier import TextClassifier, get_text_classifier
+    from .classifier import get_text_classifier
     from .models import load_model
 
     show = not o["quiet"] and sys.stderr.isatty()
@@ -560,7 +555,7 @@ def _classify_on_ray(inputs: list[str], **o: Any) -> None:
     file = o["classifier_file"]
     spec = _spec_for(file, o["model"], o["pretrained"])
     if file is not None:
-        text = TextClassifier(file.prompt_set, file.weights, file.path, True, 0.0)
+        text = file.text_classifier()
     else:
         prompt_set = _prompt_set(o["dataset"], o["labels"], o["label"], o["templates"])
         text = get_text_classifier(spec, prompt_set, load, use_cache=not o["no_cache"], precision="fp32")

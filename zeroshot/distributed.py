@@ -96,11 +96,9 @@ class SharedClassifier:
 
     def model_spec(self) -> Any:
         """The model, resolved on this machine (the bundled one wherever this install keeps it)."""
-        from .models import BUNDLED_NAME, resolve_spec
+        from .models import spec_built_for
 
-        if self.model == BUNDLED_NAME:
-            return resolve_spec(BUNDLED_NAME)
-        return resolve_spec(self.model, self.pretrained)
+        return spec_built_for(self.model, self.pretrained)
 
 
 class ClassifyBatch:
@@ -127,17 +125,16 @@ class ClassifyBatch:
     ) -> None:
         import torch
 
-        from . import cache
         from .decoding import FileDecoder, split_preprocess
         from .export import ClassifierFileError
         from .images import DEFAULT_MAX_PIXELS
-        from .models import load_model, resolve_device, resolve_precision, weights_identity
+        from .models import load_model, resolve_device, resolve_precision
         from .pipeline import default_batch_size
         from .ranking import MultiLabel
 
         spec = classifier.model_spec()
         # The weights this node has must be the ones the classifier was built for.
-        if spec.model != classifier.model or weights_identity(spec, cache.hash_memo_dir()) != classifier.identity:
+        if not spec.matches(classifier.model, classifier.identity):
             raise ClassifierFileError(
                 f"this node's {spec.label} is not the model the classifier was built for "
                 f"({classifier.model}, {classifier.identity})"
@@ -198,7 +195,7 @@ class ClassifyBatch:
         import torch
 
         from .output import apply_min_score
-        from .ranking import error_record, multilabel_records, multilabel_scores, probabilities, records
+        from .ranking import error_record, feature_records
 
         decoded = self._decode_all(paths, data, errors)
         out: list[dict[str, Any] | None] = [None] * len(paths)
@@ -207,13 +204,8 @@ class ClassifyBatch:
             chunk = good[start : start + self.batch_size]
             with torch.inference_mode():
                 feats = self.loaded.model.encode_image(self._model_input([decoded[i][0] for i in chunk])).float()
-                chunk_paths = [paths[i] for i in chunk]
-                if self.rule is None:
-                    recs = records(chunk_paths, probabilities(feats, self.weights, self.loaded.logit_scale),
-                                   self.classes, self.top_k)  # fmt: skip
-                else:
-                    scores = multilabel_scores(feats, self.weights, self.loaded.logit_scale, self.rule)
-                    recs = multilabel_records(chunk_paths, scores, self.classes, self.top_k, self.rule.threshold)
+                recs = feature_records([paths[i] for i in chunk], feats, self.weights, self.loaded.logit_scale,
+                                       self.classes, self.top_k, self.rule)  # fmt: skip
             for i, rec in zip(chunk, recs, strict=True):
                 out[i] = apply_min_score(rec, self.min_score)
         return [rec if rec is not None else error_record(paths[i], decoded[i][1] or "unknown error")

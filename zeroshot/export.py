@@ -20,7 +20,7 @@ from typing import Any
 
 from . import cache
 from .errors import UsageError
-from .models import ModelSpec, weights_identity
+from .models import ModelSpec, model_label, weights_identity
 from .prompts import ClassPrompts, PromptSet, validate_classes
 
 FORMAT = "zeroshot-classifier"
@@ -45,7 +45,19 @@ class ClassifierFile:
 
     @property
     def model_label(self) -> str:
-        return self.model if self.pretrained is None else f"{self.model} ({self.pretrained})"
+        return model_label(self.model, self.pretrained)
+
+    def text_classifier(self, device: Any = None) -> Any:
+        """The file's classes and embeddings as a :class:`~zeroshot.classifier.TextClassifier`:
+        a torch tensor on ``device``, or the numpy array as read when no device is given."""
+        from .classifier import TextClassifier
+
+        weights = self.weights
+        if device is not None:
+            import torch
+
+            weights = torch.from_numpy(weights.copy()).to(device)
+        return TextClassifier(self.prompt_set, weights, self.path, True, 0.0)
 
 
 def _specs_data(prompt_set: PromptSet) -> list[dict[str, Any] | None]:
@@ -164,8 +176,7 @@ def load_classifier(path: str | Path) -> ClassifierFile:
 
 def check_model(file: ClassifierFile, spec: ModelSpec, embed_dim: int | None = None) -> None:
     """Refuse ``file`` unless ``spec`` is the model (architecture and weights) it was built for."""
-    mine = weights_identity(spec, cache.hash_memo_dir())
-    if file.model != spec.model or file.identity != mine:
+    if not spec.matches(file.model, file.identity):
         what = "architecture" if file.model != spec.model else "weights"
         raise ClassifierFileError(
             f"classifier file {file.path} was built for {file.model_label}, but this run uses {spec.label} "

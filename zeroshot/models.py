@@ -66,7 +66,28 @@ class ModelSpec:
 
     @property
     def label(self) -> str:
-        return self.model if self.pretrained is None else f"{self.model} ({self.pretrained})"
+        return model_label(self.model, self.pretrained)
+
+    def matches(self, model: str, identity: dict[str, Any]) -> bool:
+        """Whether this is the model (architecture and weights) that a classifier or calibration file
+        records as ``model`` and ``identity`` (:func:`weights_identity`)."""
+        from . import cache
+
+        return self.model == model and weights_identity(self, cache.hash_memo_dir()) == identity
+
+
+def model_label(model: str, pretrained: str | None) -> str:
+    """How messages name a model: ``ViT-B-32 (openai)``."""
+    return model if pretrained is None else f"{model} ({pretrained})"
+
+
+def spec_built_for(model: str, pretrained: str | None) -> ModelSpec:
+    """The model an exported classifier names (its ``model`` and ``pretrained``), found on this
+    machine: the bundled model's weights wherever this install keeps them, not the path recorded
+    where the classifier was built."""
+    if model == BUNDLED_NAME:
+        return resolve_spec(BUNDLED_NAME)
+    return resolve_spec(model, pretrained)
 
 
 def resolve_spec(model: str | None = None, pretrained: str | None = None) -> ModelSpec:

@@ -20,7 +20,7 @@ from .classifier import TextClassifier
 from .decoding import Cached, FileDecoder, Fresh, Jpeg, cpu_count, processes_usable, split_preprocess
 from .images import DEFAULT_MAX_PIXELS, ImageError, Input
 from .models import LoadedModel
-from .ranking import error_record, multilabel_records, multilabel_scores, probabilities, records
+from .ranking import error_record, feature_records
 
 log = logging.getLogger("zeroshot")
 T = TypeVar("T")
@@ -353,16 +353,9 @@ def classify_inputs(
                 for i, (_, p) in enumerate(ok):
                     if isinstance(p, Cached):
                         feats[i] = torch.from_numpy(p.feature.copy()).to(device)
-                stacked_feats = torch.stack([feats[i] for i in ok_idx])
-                if multi_label is None:
-                    probs = probabilities(stacked_feats, weights, scale)
-                else:
-                    probs = multilabel_scores(stacked_feats, weights, scale, multi_label)
-            paths = [ok[i][0].path for i in ok_idx]
-            if multi_label is None:
-                recs = records(paths, probs, classes, top_k)
-            else:
-                recs = multilabel_records(paths, probs, classes, top_k, multi_label.threshold)
+                paths = [ok[i][0].path for i in ok_idx]
+                recs = feature_records(paths, torch.stack([feats[i] for i in ok_idx]), weights, scale, classes,
+                                       top_k, multi_label)  # fmt: skip
             by_input = {id(ok[i][0]): rec for i, rec in zip(ok_idx, recs, strict=True)}
         for inp, payload, err in batch.items:
             if payload is not None and id(inp) in by_input:

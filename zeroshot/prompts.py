@@ -109,11 +109,8 @@ class PromptSet:
 
     def prompts_for(self, label: str) -> list[str]:
         """The prompt texts of one class: its templated prompts, then its extra ones."""
-        try:
-            index = self.classes.index(label)
-        except ValueError:
-            return [render(t, label) for t in self.templates]
-        return self.class_prompts()[index]
+        spec = self.spec(self.classes.index(label)) if label in self.classes else None
+        return [prompt for _, prompt in (spec or ClassPrompts()).rows(label, self.templates)]
 
     def class_rows(self) -> list[list[tuple[int | None, str]]]:
         """Each class's (template index or None, prompt) pairs, in class order."""

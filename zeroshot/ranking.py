@@ -90,5 +90,22 @@ def records(paths: Sequence[str], probs: Any, classes: Sequence[str], top_k: int
     return out
 
 
+def feature_records(
+    paths: Sequence[str],
+    image_features: Any,
+    class_weights: Any,
+    logit_scale: float,
+    classes: Sequence[str],
+    top_k: int,
+    multi_label: MultiLabel | None = None,
+) -> list[dict[str, Any]]:
+    """Raw image features [N, D] -> one record per path: softmax ranking, or per-label decisions
+    with ``multi_label``. The one step both engines (local and Ray) share."""
+    if multi_label is None:
+        return records(paths, probabilities(image_features, class_weights, logit_scale), classes, top_k)
+    scores = multilabel_scores(image_features, class_weights, logit_scale, multi_label)
+    return multilabel_records(paths, scores, classes, top_k, multi_label.threshold)
+
+
 def error_record(path: str, message: str) -> dict[str, Any]:
     return {"path": path, "error": message}

@@ -94,8 +94,9 @@ def file_thumbnail(path: str, max_pixels: int | None = None) -> str | None:
     """The thumbnail of an image file, or None when it cannot be read (the card says why anyway)."""
     from .images import DEFAULT_MAX_PIXELS, ImageError, open_image
 
+    limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels  # 0: no limit, as for classifying
     try:
-        return thumbnail_uri(open_image(path, draft=THUMB, max_pixels=max_pixels or DEFAULT_MAX_PIXELS))
+        return thumbnail_uri(open_image(path, draft=THUMB, max_pixels=limit))
     except (ImageError, OSError, ValueError):
         return None
 
