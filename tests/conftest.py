@@ -15,6 +15,30 @@ ARCH = "ViT-S-32"  # a real open_clip config, small enough for CPU tests
 DATA = Path(__file__).parent / "data"
 
 
+# Fashion-MNIST: Debian's package, or the copy scripts/fetch-data unpacks into the repository.
+_LOCAL_FASHION = Path(__file__).resolve().parent.parent / ".data" / "fashion-mnist"
+if not os.environ.get("ZEROSHOT_FASHION_MNIST_DIR") and _LOCAL_FASHION.is_dir():
+    from zeroshot.idx import FASHION_MNIST_DIR
+
+    if not FASHION_MNIST_DIR.is_dir():
+        os.environ["ZEROSHOT_FASHION_MNIST_DIR"] = str(_LOCAL_FASHION)
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist() -> Path:
+    """The Fashion-MNIST IDX folder; a test that needs it fails (never skips) when it is missing."""
+    from zeroshot.idx import default_dir
+
+    folder = default_dir()
+    if not (folder / "t10k-images-idx3-ubyte.gz").is_file() and not (folder / "t10k-images-idx3-ubyte").is_file():
+        pytest.fail(
+            f"Fashion-MNIST is not in {folder}: run scripts/fetch-data (scripts/test does), or "
+            "apt-get install dataset-fashion-mnist, or set ZEROSHOT_FASHION_MNIST_DIR",
+            pytrace=False,
+        )
+    return folder
+
+
 @pytest.fixture(autouse=True)
 def isolated_env(tmp_path, monkeypatch):
     """Every test gets its own cache folder and no model defaults from the environment."""

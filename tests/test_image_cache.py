@@ -25,7 +25,7 @@ def run(checkpoint, folder, labels, *extra):
     return result, [json.loads(line) for line in result.stdout.splitlines()]
 
 
-def assert_same(a, b):
+def assert_same(a, b, tol=1e-6):
     assert [r["path"] for r in a] == [r["path"] for r in b]
     for x, y in zip(a, b, strict=True):
         assert ("error" in x) == ("error" in y)
@@ -33,7 +33,7 @@ def assert_same(a, b):
             assert x == y
             continue
         assert [t["label"] for t in x["top_k"]] == [t["label"] for t in y["top_k"]]
-        assert max(abs(s["score"] - t["score"]) for s, t in zip(x["top_k"], y["top_k"], strict=True)) < 1e-6
+        assert max(abs(s["score"] - t["score"]) for s, t in zip(x["top_k"], y["top_k"], strict=True)) < tol
 
 
 @pytest.fixture
@@ -114,7 +114,9 @@ def test_concurrent_runs_share_the_cache_safely(checkpoint, photos):
     outs = [p.communicate(timeout=600) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs[0][1] + outs[1][1]
     a, b = ([json.loads(line) for line in out.splitlines()] for out, _ in outs)
-    assert_same(a, b)
+    # Embeddings here were computed in batches of 4 or fewer (-b 4, some images served by the other
+    # run): float32 sums in another order than plain's batches of 32, so allow batch-size noise.
+    assert_same(a, b, tol=1e-5)
     assert len(a) == 24
     _, plain = run(checkpoint, many, ["cat", "dog"])
-    assert_same(a, plain)
+    assert_same(a, plain, tol=1e-5)

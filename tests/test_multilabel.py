@@ -104,7 +104,7 @@ def test_cli_multi_label_matches_the_reference(vit, checkpoint, image_dir):
 
 
 @pytest.fixture(scope="module")
-def calibration_file(tmp_path_factory):
+def calibration_file(tmp_path_factory, fashion_mnist):
     out = tmp_path_factory.mktemp("cal") / "cal.json"
     result = invoke("eval", "--dataset", "fashion-mnist", "-m", BUNDLED_NAME, "--split", "train", "--limit", "400",
                     "--calibrate", out, "-q")  # fmt: skip

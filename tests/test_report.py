@@ -44,7 +44,7 @@ def assert_self_contained(html: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def eval_report(tmp_path_factory):
+def eval_report(tmp_path_factory, fashion_mnist):
     out = tmp_path_factory.mktemp("rep") / "eval.html"
     result = invoke("eval", "--dataset", "fashion-mnist", "-m", BUNDLED_NAME, "--limit", "300", "--report", out, "-q")
     assert result.exit_code == 0, result.output

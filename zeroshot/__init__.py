@@ -68,6 +68,8 @@ class Zeroshot:
         workers: int | None = None,
         decoder: str = "auto",
         jpeg_draft: bool = False,
+        max_bytes: int | None = None,
+        timeout: float | None = None,
         image_cache: Any = None,
         multi_label: bool = False,
         threshold: float = 0.5,
@@ -76,7 +78,8 @@ class Zeroshot:
         """One record per path (files or folders), in order, as the CLI prints them.
 
         ``workers``, ``decoder`` and ``jpeg_draft`` are the CLI's ``--workers``, ``--decoder`` and
-        ``--jpeg-draft``; ``image_cache`` an :class:`~zeroshot.imagecache.ImageEmbeddingCache`.
+        ``--jpeg-draft``; ``max_bytes`` and ``timeout`` the CLI's ``--max-bytes`` and ``--timeout``
+        (None: their defaults; paths may be ``http(s)://`` URLs); ``image_cache`` an :class:`~zeroshot.imagecache.ImageEmbeddingCache`.
         ``multi_label``/``threshold``/``calibration`` (a :class:`~zeroshot.calibration.Calibration`
         or a path to one) are ``--multi-label``, ``--threshold`` and ``--calibration``.
         """
@@ -91,6 +94,10 @@ class Zeroshot:
                 self.spec, text.prompt_set, lambda: self.loaded, threshold=threshold, calibration=calibration
             )
         options = DecodeOptions(workers=workers, decoder=decoder, jpeg_draft=jpeg_draft)
+        if max_bytes is not None:
+            options.max_bytes = max_bytes
+        if timeout is not None:
+            options.timeout = timeout
         return classify_inputs(
             self.loaded, text, iter_inputs(paths), top_k=top_k, batch_size=batch_size,
             image_cache=image_cache, options=options, multi_label=rule,

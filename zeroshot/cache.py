@@ -81,6 +81,27 @@ def atomic_write_bytes(path: Path, data: bytes, *, shared: bool = False) -> None
             os.close(dfd)
 
 
+_warned_unwritable = False
+
+
+def warn_unwritable(what: str, error: BaseException) -> None:
+    """Say once per run, as a warning, that the cache cannot be written; the run goes on without it.
+
+    A read-only or full cache folder costs speed on the next run, never this run's results, so
+    it is not an error. Whatever was being written is left out whole (writes are atomic).
+    """
+    global _warned_unwritable
+    if _warned_unwritable:
+        return
+    _warned_unwritable = True
+    import logging
+
+    reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+    logging.getLogger("zeroshot").warning(
+        "cannot write to the cache (%s: %s); carrying on without storing %s", cache_dir(), reason, what
+    )
+
+
 def key_text(key: dict[str, Any]) -> str:
     """Canonical JSON of a key: the same key always gives the same text and digest."""
     return json.dumps({"format": FORMAT_VERSION, **key}, sort_keys=True, ensure_ascii=True, separators=(",", ":"))
@@ -167,7 +188,7 @@ def save_entry(path: Path, key: str, weights: Any, info: dict[str, Any]) -> None
     try:
         atomic_write_bytes(path, save({"weights": array}, metadata=meta))
     except OSError as e:
-        raise CacheError(f"cannot write cache file {path}: {e.strerror or e}") from None
+        raise CacheError(f"cannot write cache file {path}: {e.strerror or e}") from e
 
 
 @dataclass

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from . import cache
+from .errors import CacheError
 from .models import LoadedModel, ModelSpec, weights_identity
 from .prompts import PromptSet
 
@@ -346,18 +347,22 @@ def get_text_classifier(
     loaded = load()
     weights = encode_prompt_set(loaded, prompt_set, batch_size)
     if use_cache and path is not None and key is not None:
-        cache.save_entry(
-            path,
-            key,
-            weights.cpu().numpy(),
-            {
-                "name": prompt_set.name,
-                "model": spec.label,
-                "classes": len(prompt_set.classes),
-                "templates": len(prompt_set.templates),
-                "prompts": prompt_set.prompt_count(),
-            },
-        )
+        try:
+            cache.save_entry(
+                path,
+                key,
+                weights.cpu().numpy(),
+                {
+                    "name": prompt_set.name,
+                    "model": spec.label,
+                    "classes": len(prompt_set.classes),
+                    "templates": len(prompt_set.templates),
+                    "prompts": prompt_set.prompt_count(),
+                },
+            )
+        except CacheError as e:
+            cache.warn_unwritable("the text classifier", e.__cause__ or e)
+            path = None
     if device is not None:
         weights = weights.to(device)
     return TextClassifier(prompt_set, weights, path, False, time.perf_counter() - start)

@@ -116,7 +116,10 @@ def _root() -> None:
 
 InputsArg = Annotated[
     list[str] | None,
-    typer.Argument(help="Image files, folders (searched recursively for images) or - to read paths from stdin."),
+    typer.Argument(
+        help="Image files, folders (searched recursively for images), http(s):// URLs, or - to read paths from "
+        "stdin (one per line; with -0, NUL-separated)."
+    ),
 ]
 LabelsOpt = Annotated[
     Path | None, typer.Option("--labels", "-l", help="UTF-8 file, one label per line ('#' lines ignored).")
@@ -149,6 +152,16 @@ DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cud
 PrecisionOpt = Annotated[str, typer.Option("--precision", help="auto (fp16 on CUDA, fp32 on CPU), fp32, fp16 or bf16.")]
 NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the text-embedding cache.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display on stderr.")]
+MaxBytesOpt = Annotated[
+    int,
+    typer.Option(
+        "--max-bytes",
+        min=0,
+        help="Refuse inputs larger than this many bytes (default 536870912 = 512 MiB, the largest an uncompressed "
+        "image within --max-pixels can be; 0: no limit). Checked on the size, and enforced while reading.",
+    ),
+]
+DEFAULT_MAX_BYTES = 512 * 1024 * 1024  # zeroshot.reading.DEFAULT_MAX_BYTES, which --help cannot import
 WorkersOpt = Annotated[
     int | None,
     typer.Option(
@@ -326,6 +339,19 @@ def classify(
             "Pillow's own limit; 0: no limit). Checked before decoding.",
         ),
     ] = 178_956_970,
+    max_bytes: MaxBytesOpt = DEFAULT_MAX_BYTES,
+    timeout: Annotated[
+        float,
+        typer.Option(
+            "--timeout",
+            min=0.1,
+            help="For http(s):// inputs: seconds to connect and between reads (a download gets 6x this in all).",
+        ),
+    ] = 20.0,
+    null: Annotated[
+        bool,
+        typer.Option("--null", "-0", help="Paths on stdin (-) are separated by NUL bytes (find -print0), not lines."),
+    ] = False,
     no_cache: NoCacheOpt = False,
     cache_images: Annotated[
         bool,
@@ -443,7 +469,7 @@ def classify(
             cache_images=cache_images, classifier_file=classifier_file, multi_label=multi_label,
             threshold=threshold, calibration=calibration, background=background.strip(), min_score=min_score,
             fmt=fmt, output=output, report=report, ray_address=ray_address, gpus_per_worker=gpus_per_worker,
-            quiet=quiet, cpus_per_worker=cpus_per_worker,
+            quiet=quiet, cpus_per_worker=cpus_per_worker, max_bytes=max_bytes, timeout=timeout, null=null,
         )  # fmt: skip
         return
     if fmt not in FORMATS:
@@ -472,11 +498,11 @@ def classify(
         )
     image_cache = None
     if cache_images:
-        from .imagecache import ImageEmbeddingCache, image_cache_key
+        from .imagecache import image_cache_key, open_image_cache
 
-        image_cache = ImageEmbeddingCache(image_cache_key(loaded), loaded.embed_dim)
+        image_cache = open_image_cache(image_cache_key(loaded), loaded.embed_dim)
 
-    stream = iter_inputs(inputs, stdin=sys.stdin if "-" in inputs else None)
+    stream = iter_inputs(inputs, stdin=sys.stdin if "-" in inputs else None, null=null)
     failed = total = 0
     progress = None
     task = None
@@ -491,7 +517,8 @@ def classify(
         task = progress.add_task("classify", total=None)
     writer = RecordWriter(fmt, str(output) if output is not None else None, multi_label=multi_label)
     try:
-        options = DecodeOptions(workers=workers, decoder=decoder, jpeg_draft=jpeg_draft, max_pixels=max_pixels)
+        options = DecodeOptions(workers=workers, decoder=decoder, jpeg_draft=jpeg_draft, max_pixels=max_pixels,
+                                max_bytes=max_bytes, timeout=timeout)  # fmt: skip
         records = classify_inputs(
             loaded,
             text,
@@ -567,7 +594,8 @@ def _classify_on_ray(inputs: list[str], **o: Any) -> None:
         inputs, shared, str(o["output"]), fmt=o["fmt"], address=o["ray_address"], workers=o["workers"] or 1,
         gpus_per_worker=o["gpus_per_worker"], cpus_per_worker=o["cpus_per_worker"], batch_size=o["batch_size"] or 64,
         stdin=sys.stdin if "-" in inputs else None, quiet=o["quiet"], top_k=o["top_k"], precision=o["precision"],
-        max_pixels=o["max_pixels"], jpeg_draft=o["jpeg_draft"], min_score=o["min_score"],
+        max_pixels=o["max_pixels"], jpeg_draft=o["jpeg_draft"], min_score=o["min_score"], null=o["null"],
+        max_bytes=o["max_bytes"], timeout=o["timeout"],
     )  # fmt: skip
     _write_record(summary)
     if summary.get("errors"):
@@ -686,6 +714,7 @@ def eval_cmd(
             "(for classify --calibration FILE).",
         ),
     ] = None,
+    max_bytes: MaxBytesOpt = DEFAULT_MAX_BYTES,
     no_cache: NoCacheOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -718,7 +747,7 @@ def eval_cmd(
     with _status(show, "evaluating"):
         run = evaluate_run(
             loaded, text, folder=folder, idx_dir=data_dir, split=split, limit=limit,
-            batch_size=batch_size, workers=workers,
+            batch_size=batch_size, workers=workers, max_bytes=max_bytes,
         )  # fmt: skip
     record, failed = run.record, run.failed
     if calibrate is not None:

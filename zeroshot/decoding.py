@@ -16,10 +16,13 @@ import io
 import os
 import signal
 import sys
+import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
-from .images import DEFAULT_MAX_PIXELS, ImageError, Input, open_image, os_error
+from .images import DEFAULT_MAX_PIXELS, ImageError, Input, open_image
+from .reading import DEFAULT_MAX_BYTES, DEFAULT_TIMEOUT, read_input
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 
@@ -166,7 +169,8 @@ def draft_size(split: Split | None) -> int | None:
 class FileDecoder:
     """Reads one file and returns its payload for the model: run in a worker process or thread.
 
-    Payloads: uint8 HxWx3 numpy pixels (split transform), a float tensor (whole transform) or a
+    Bytes are read through :mod:`zeroshot.reading` (regular files and URLs, never past the byte
+    cap). Payloads: uint8 HxWx3 numpy pixels (split transform), a float tensor (whole transform) or a
     :class:`Jpeg` (left for the batched decoder); wrapped in :class:`Fresh` with the content digest
     when an image cache is in use. Errors come back as the record's one-line message.
     """
@@ -180,9 +184,13 @@ class FileDecoder:
         jpeg_draft: bool = False,
         raw_jpeg: bool = False,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        max_bytes: int | None = DEFAULT_MAX_BYTES,
+        timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
         self.preprocess = preprocess
         self.max_pixels = max_pixels
+        self.max_bytes = max_bytes
+        self.timeout = timeout
         self.split = split
         self.digest = digest
         self.draft = draft_size(split) if jpeg_draft else None
@@ -192,7 +200,7 @@ class FileDecoder:
         if inp.error is not None:
             return None, inp.error
         try:
-            data = read_file(inp.path)
+            data = read_input(inp.path, self.max_bytes, self.timeout)
             digest = None
             if self.digest:  # of the bytes decoded here, so a file changed meanwhile is stored right
                 from .imagecache import content_digest
@@ -253,24 +261,46 @@ def _raw_jpeg(data: bytes, max_pixels: int | None, stage: Any = None) -> Jpeg | 
     return Jpeg(data, orientation if 1 <= orientation <= 8 else 1)
 
 
-def read_file(path: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as e:
-        raise os_error(e) from None
-
-
 # --- worker processes ---------------------------------------------------------------------------
 
 _worker_decoder: FileDecoder | None = None
+PARENT_POLL_S = 0.5
 
 
-def _init_worker(decoder: FileDecoder) -> None:
+def _init_worker(decoder: FileDecoder, parent: int, parent_signal: bool) -> None:
     global _worker_decoder
     # Ctrl-C reaches the whole process group; the parent alone decides how the run ends.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent(parent, parent_signal)
     _worker_decoder = decoder
+
+
+def die_with_parent(parent: int, parent_signal: bool = True) -> None:
+    """End this (worker) process when ``parent`` ends, however it ends (SIGKILL and the OOM killer too).
+
+    On Linux the kernel sends SIGKILL at the parent's death (``PR_SET_PDEATHSIG``; only when the
+    pool was started from the parent's main thread, since the kernel ties it to the thread that
+    forked). Everywhere, a daemon thread also checks every half second that the parent is still
+    this process's parent (an orphan is re-parented), so a worker never outlives its run.
+    """
+    if parent_signal and sys.platform == "linux":
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:  # the parent died before the above took effect
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            time.sleep(PARENT_POLL_S)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="zeroshot-parent-watch", daemon=True).start()
 
 
 def decode_in_worker(inputs: list[Input]) -> list[tuple[Any, str | None]]:
@@ -291,7 +321,10 @@ def process_pool(decoder: FileDecoder, workers: int) -> Any:
     from concurrent.futures import ProcessPoolExecutor
 
     ctx = mp.get_context("fork")
-    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(decoder,))
+    main = threading.current_thread() is threading.main_thread()
+    return ProcessPoolExecutor(
+        max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(decoder, os.getpid(), main)
+    )
 
 
 def processes_usable(decoder: FileDecoder) -> bool:

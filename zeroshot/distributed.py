@@ -118,6 +118,8 @@ class ClassifyBatch:
         device: str = "auto",
         precision: str = "auto",
         max_pixels: int | None = None,
+        max_bytes: int | None = None,
+        timeout: float | None = None,
         jpeg_draft: bool = False,
         min_score: float | None = None,
         model_batch_size: int | None = None,
@@ -131,6 +133,7 @@ class ClassifyBatch:
         from .models import load_model, resolve_device, resolve_precision
         from .pipeline import default_batch_size
         from .ranking import MultiLabel
+        from .reading import DEFAULT_MAX_BYTES, DEFAULT_TIMEOUT
 
         spec = classifier.model_spec()
         # The weights this node has must be the ones the classifier was built for.
@@ -149,7 +152,10 @@ class ClassifyBatch:
         self.batch_size = model_batch_size or default_batch_size(dev)
         self.split = split_preprocess(self.loaded.preprocess)
         limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
-        self.decoder = FileDecoder(self.loaded.preprocess, self.split, jpeg_draft=jpeg_draft, max_pixels=limit)
+        self.decoder = FileDecoder(
+            self.loaded.preprocess, self.split, jpeg_draft=jpeg_draft, max_pixels=limit,
+            max_bytes=DEFAULT_MAX_BYTES if max_bytes is None else max_bytes, timeout=timeout or DEFAULT_TIMEOUT,
+        )  # fmt: skip
         # Decoding runs in forked worker processes (as in the local engine) where it can: a file
         # that crashes the decoder then costs its own record, not the actor (whose batch Ray would
         # retry, and crash on, forever).
@@ -220,14 +226,18 @@ class ClassifyBatch:
 
 def _decode_item(decoder: Any, item: tuple[str, bytes | None, str | None]) -> tuple[Any, str | None]:
     """Decode one (path, bytes or None, known error) item: (payload, None) or (None, message)."""
-    from .decoding import read_file
     from .images import ImageError
+    from .reading import read_input, too_large
 
     path, data, known_error = item
     if known_error:
         return None, str(known_error)
     try:
-        return decoder.decode_bytes(read_file(path) if data is None else data), None
+        if data is None:
+            data = read_input(path, decoder.max_bytes, decoder.timeout)
+        elif decoder.max_bytes and len(data) > decoder.max_bytes:  # Ray's reader has read it whole
+            raise too_large(len(data), decoder.max_bytes)
+        return decoder.decode_bytes(data), None
     except ImageError as e:
         return None, str(e)
 
@@ -274,12 +284,17 @@ def _jsonl_datasink(path: str) -> Any:
 
 
 def has_scheme(value: str) -> bool:
-    """A URI for Ray's file readers (``s3://bucket/x``), not a local path."""
+    """A URI for Ray's file readers (``s3://bucket/x``), not a local path nor an http(s) URL, which
+    the actors fetch themselves (with the CLI's timeouts and byte cap)."""
+    from .reading import is_url
+
+    if is_url(value):
+        return False
     head, sep, _ = value.partition("://")
     return bool(sep) and head.isascii() and head.replace("+", "").isalnum() and len(head) > 1
 
 
-def input_dataset(inputs: Sequence[str], *, stdin: Any = None, blocks: int | None = None) -> Any:
+def input_dataset(inputs: Sequence[str], *, stdin: Any = None, blocks: int | None = None, null: bool = False) -> Any:
     """A Ray dataset of the inputs: local paths expanded as the CLI does (``path``, ``error``), or,
     for URIs, Ray's binary reader over image files (``path``, ``bytes``). Not both kinds at once."""
     ray = require_ray()
@@ -292,7 +307,7 @@ def input_dataset(inputs: Sequence[str], *, stdin: Any = None, blocks: int | Non
         exts = sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS)
         return ray.data.read_binary_files(list(remote), include_paths=True, file_extensions=exts)
     # "" for no error: a column of only None would reach the batches as NaN floats.
-    items = [{"path": inp.path, "error": inp.error or ""} for inp in iter_inputs(inputs, stdin=stdin)]
+    items = [{"path": inp.path, "error": inp.error or ""} for inp in iter_inputs(inputs, stdin=stdin, null=null)]
     if not items:
         raise UsageError("no inputs")
     return ray.data.from_items(items, override_num_blocks=blocks or min(len(items), 200))
@@ -365,6 +380,7 @@ def run(
     cpus_per_worker: float | None = None,
     batch_size: int = 64,
     stdin: Any = None,
+    null: bool = False,
     quiet: bool = False,
     **options: Any,
 ) -> dict[str, Any]:
@@ -380,7 +396,7 @@ def run(
     # Ray prints worker deaths and logs on stdout; ours carries the summary.
     with _stdout_to_stderr(), _ray_session(ray, address, quiet):
         ray.data.DataContext.get_current().enable_progress_bars = not quiet
-        ds = classify_dataset(input_dataset(inputs, stdin=stdin), classifier, workers=workers,
+        ds = classify_dataset(input_dataset(inputs, stdin=stdin, null=null), classifier, workers=workers,
                               gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker,
                               batch_size=batch_size, **options)  # fmt: skip
         if fmt == "parquet":

@@ -68,10 +68,12 @@ def image_features(
     batch_size: int = 64,
     workers: int | None = None,
     keys_out: list[str | int] | None = None,
+    max_bytes: int | None = None,
 ) -> tuple[Any, Any, list[dict[str, str]]]:
     """(normalized features [N, D], labels [N], failures) for the items that decoded.
 
     ``keys_out``, when given, receives each decoded item's key (path or array index), in order.
+    ``max_bytes``: the byte cap per file (None: the default; 0: none), as for ``classify``.
     """
     import torch
     import torch.nn.functional as F
@@ -83,7 +85,7 @@ def image_features(
         try:
             if isinstance(item.key, int):
                 return loaded.preprocess(Image.fromarray(array[item.key], "L")), None
-            return load_tensor(item.key, loaded.preprocess), None
+            return load_tensor(item.key, loaded.preprocess, max_bytes=max_bytes), None
         except ImageError as e:
             return None, str(e)
 
@@ -203,6 +205,7 @@ def evaluate_run(
     limit: int | None,
     batch_size: int,
     workers: int | None,
+    max_bytes: int | None = None,
 ) -> EvalRun:
     """:func:`run_eval`, keeping the per-image data (for calibration and reports)."""
     import itertools
@@ -223,7 +226,8 @@ def evaluate_run(
     if limit:
         items = itertools.islice(items, limit)
     keys: list[str | int] = []
-    feats, labels, failed = image_features(loaded, items, array, batch_size=batch_size, workers=workers, keys_out=keys)
+    feats, labels, failed = image_features(loaded, items, array, batch_size=batch_size, workers=workers, keys_out=keys,
+                                          max_bytes=max_bytes)  # fmt: skip
     record: dict[str, Any] = {"dataset": source, "model": loaded.spec.model, "pretrained": loaded.spec.pretrained}
     record.update(evaluate(loaded, text, feats, labels))
     record["failed"] = len(failed)

@@ -7,13 +7,23 @@ big-endian uint32 per dimension, then the data in C order.
 from __future__ import annotations
 
 import gzip
+import os
 import struct
 from pathlib import Path
 from typing import Any
 
 from .errors import UsageError
 
-FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
+ENV_DIR = "ZEROSHOT_FASHION_MNIST_DIR"
+
+
+def default_dir() -> Path:
+    """``$ZEROSHOT_FASHION_MNIST_DIR``, else where Debian's package puts the files."""
+    explicit = os.environ.get(ENV_DIR)
+    return Path(explicit).expanduser() if explicit else FASHION_MNIST_DIR
+
+
 SPLITS = {"train": "train", "test": "t10k"}
 
 
@@ -48,14 +58,14 @@ def _find(folder: Path, stem: str) -> Path:
         if (folder / name).is_file():
             return folder / name
     raise UsageError(
-        f"{folder / stem}[.gz] not found; install the data (Debian: apt-get install dataset-fashion-mnist) "
-        "or point --data-dir at a folder with the IDX files"
+        f"{folder / stem}[.gz] not found; install the data (Debian: apt-get install dataset-fashion-mnist), "
+        f"or point --data-dir (or {ENV_DIR}) at a folder with the IDX files"
     )
 
 
 def load_split(folder: str | Path | None = None, split: str = "test") -> tuple[Any, Any]:
     """(images [N, 28, 28] uint8, labels [N] uint8) of a Fashion-MNIST-style split."""
-    folder = Path(folder) if folder else FASHION_MNIST_DIR
+    folder = Path(folder) if folder else default_dir()
     if split not in SPLITS:
         raise UsageError(f"unknown split '{split}'; known: {', '.join(SPLITS)}")
     prefix = SPLITS[split]

@@ -53,6 +53,7 @@ class ImageEmbeddingCache:
         self.path = path or cache.cache_dir() / SUBDIR / f"{cache.key_digest(key)}.sqlite"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
+        self.read_only = False
         self._open_verified()
 
     def _connect(self) -> sqlite3.Connection:
@@ -72,6 +73,8 @@ class ImageEmbeddingCache:
             conn.close()
             if stored != self.key:
                 raise sqlite3.DatabaseError("its key belongs to another model")
+        except sqlite3.OperationalError:
+            raise  # cannot open or write it (read-only, disk full): not the file's fault, keep it
         except sqlite3.DatabaseError as e:
             log.warning("image cache %s is unusable (%s); starting it afresh", self.path, e)
             self._discard()
@@ -94,28 +97,55 @@ class ImageEmbeddingCache:
         return conn
 
     def get(self, digest: str) -> Any:
-        """The stored embedding (numpy float32 [dim]) of a file with this content, or None."""
+        """The stored embedding (numpy float32 [dim]) of a file with this content, or None.
+
+        A cache that cannot be read (a lock held too long, a disk error) is a miss, never an error.
+        """
         import numpy as np
 
-        row = self._conn().execute("SELECT data FROM emb WHERE digest = ?", (digest,)).fetchone()
+        try:
+            row = self._conn().execute("SELECT data FROM emb WHERE digest = ?", (digest,)).fetchone()
+        except sqlite3.Error as e:
+            log.debug("image cache read failed: %s", e)
+            return None
         if row is None or len(row[0]) != 4 * self.dim:
             return None
         return np.frombuffer(row[0], dtype=np.float32)
 
     def put_many(self, rows: list[tuple[str, Any]]) -> None:
-        """Store embeddings; one transaction, so a crash leaves all or none of them."""
+        """Store embeddings; one transaction, so a crash leaves all or none of them.
+
+        When the cache cannot be written (disk full, read-only), the transaction is rolled back,
+        one warning says so, and later puts are skipped: the run's records are unaffected.
+        """
         import numpy as np
 
+        if self.read_only:
+            return
         data = [(d, np.ascontiguousarray(v, dtype=np.float32).tobytes()) for d, v in rows]
-        conn = self._conn()
-        with conn:
-            conn.executemany("INSERT OR REPLACE INTO emb VALUES (?, ?)", data)
+        try:
+            conn = self._conn()
+            with conn:
+                conn.executemany("INSERT OR REPLACE INTO emb VALUES (?, ?)", data)
+        except sqlite3.Error as e:
+            self.read_only = True
+            cache.warn_unwritable("image embeddings", e)
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
         if conn is not None:
             conn.close()
             self._local.conn = None
+
+
+def open_image_cache(key: str, dim: int) -> ImageEmbeddingCache | None:
+    """The image-embedding cache for ``key``, or None (with one warning) when it cannot be used:
+    a read-only or full cache folder must not stop a run that would be right without it."""
+    try:
+        return ImageEmbeddingCache(key, dim)
+    except (OSError, sqlite3.Error) as e:
+        cache.warn_unwritable("image embeddings", e)
+        return None
 
 
 def content_digest(data: bytes) -> str:

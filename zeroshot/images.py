@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
@@ -38,7 +39,9 @@ class Input:
 def walk_images(root: str, seen: set[tuple[int, int]]) -> Iterator[Input]:
     """Image files under ``root``, depth first, names sorted; symlinked folders once each.
 
-    A folder that cannot be listed becomes one input carrying the error, so it is reported.
+    A folder that cannot be listed becomes one input carrying the error, so it is reported. An
+    entry with an image name that is not a regular file (a FIFO, a device, a socket) is an input
+    carrying that error, decided on ``stat``: nothing is opened here.
     """
     try:
         st = os.stat(root)
@@ -56,34 +59,89 @@ def walk_images(root: str, seen: set[tuple[int, int]]) -> Iterator[Input]:
         return
     for entry in entries:
         try:
-            is_dir = entry.is_dir()  # follows symlinks
+            mode = entry.stat().st_mode  # follows symlinks
         except OSError:
-            is_dir = False
-        if is_dir:
+            mode = None  # a dangling symlink: an image name gets its record below
+        if mode is not None and stat.S_ISDIR(mode):
             yield from walk_images(entry.path, seen)
         elif is_image_name(entry.name):
-            yield Input(entry.path)
+            from .reading import kind_problem
+
+            yield Input(entry.path, error="no such file" if mode is None else kind_problem(mode))
 
 
-def iter_inputs(inputs: Iterable[str], stdin: IO[str] | None = None) -> Iterator[Input]:
+def iter_inputs(inputs: Iterable[str], stdin: IO[Any] | None = None, *, null: bool = False) -> Iterator[Input]:
     """Expand the command line's inputs in order: files as given, folders recursively, ``-`` = stdin.
 
-    From stdin, each line is one path (a trailing newline and carriage return are removed).
+    From stdin, each line is one path (a trailing newline and carriage return are removed); with
+    ``null``, paths are separated by NUL bytes instead (``find -print0``), so any name can pass.
+    URLs (``http://``, ``https://``) are inputs as they are, fetched when decoded.
     """
     for item in inputs:
         if item == "-":
             if stdin is None:
                 continue
-            for line in stdin:
-                path = line.rstrip("\n").rstrip("\r")
-                if path:
+            for path in stdin_paths(stdin, null=null):
+                if isinstance(path, Input):
+                    yield path
+                elif path:
                     yield from _expand(path)
         else:
             yield from _expand(item)
 
 
+# A path longer than this without a separator is not a path (Linux's PATH_MAX is 4,096 bytes):
+# reading stops buffering there, so a stream with no separator cannot take unbounded memory.
+MAX_PATH_BYTES = 65_536
+
+
+def stdin_paths(stdin: IO[Any], *, null: bool = False) -> Iterator[str | Input]:
+    """Paths from stdin as the OS names them (bytes decoded like ``os.fsdecode``), streamed.
+
+    A run of more than :data:`MAX_PATH_BYTES` without a separator becomes one error input.
+    """
+    raw = getattr(stdin, "buffer", None)
+    if raw is None:  # a text stream with no bytes underneath (tests, library callers)
+        text = stdin.read()
+        parts = text.split("\0") if null else text.splitlines()
+        yield from (p if null else p.rstrip("\r") for p in parts)
+        return
+    sep = b"\0" if null else b"\n"
+    read = getattr(raw, "read1", raw.read)
+    buf = b""
+    skipping = False
+    while True:
+        block = read(1 << 16)
+        if not block:
+            break
+        buf += block
+        *done, buf = buf.split(sep)
+        for part in done:
+            if skipping:
+                skipping = False
+                continue
+            yield os.fsdecode(part if null else part.rstrip(b"\r"))
+        if len(buf) > MAX_PATH_BYTES:
+            if not skipping:
+                shown = os.fsdecode(buf[:60]) + "..."
+                yield Input(shown, error=f"not a path: over {MAX_PATH_BYTES:,} bytes with no separator")
+            skipping, buf = True, b""
+    if buf and not skipping:
+        yield os.fsdecode(buf if null else buf.rstrip(b"\r"))
+
+
 def _expand(path: str) -> Iterator[Input]:
-    if os.path.isdir(path):
+    from .reading import is_url, kind_problem
+
+    if is_url(path):
+        yield Input(path)
+        return
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        yield Input(path, error="no such file" if isinstance(e, NotADirectoryError) else str(os_error(e)))
+        return
+    if stat.S_ISDIR(mode):
         found = False
         for inp in walk_images(path, set()):
             found = True
@@ -91,7 +149,7 @@ def _expand(path: str) -> Iterator[Input]:
         if not found:  # every input on the command line gets a record, an empty folder too
             yield Input(path, error="no image files in this folder")
     else:
-        yield Input(path, error=None if os.path.lexists(path) else "no such file")
+        yield Input(path, error=kind_problem(mode))
 
 
 class ImageError(Exception):
@@ -148,19 +206,34 @@ def check_pixels(width: int, height: int, max_pixels: int | None) -> None:
         )
 
 
-def open_image(path: str | IO[bytes], draft: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Any:
-    """Decode a file (a path or a binary file object) fully, apply its EXIF orientation, return it.
+def open_image(
+    source: str | IO[bytes],
+    draft: int | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    max_bytes: int | None = None,
+) -> Any:
+    """Decode an input (a path, a URL or a binary file object) fully, apply its EXIF orientation.
 
     ``draft`` (opt-in, changes pixels): let a JPEG decoder reduce the image by 2, 4 or 8 while
     decoding (libjpeg's DCT scaling), as long as both sides stay at least ``draft`` pixels.
     ``max_pixels`` (None or 0: no limit): images whose header declares more pixels are refused
     before they are decoded (a decompression bomb is a few bytes claiming gigapixels).
+    ``max_bytes``: the byte cap for a path or URL (None: the default cap; 0: none), see
+    :mod:`zeroshot.reading`, which reads it (never a blocking open, never past the cap).
     """
+    if isinstance(source, (str, os.PathLike)):
+        import io
+
+        from .reading import DEFAULT_MAX_BYTES, read_input
+
+        data = read_input(os.fspath(source), DEFAULT_MAX_BYTES if max_bytes is None else max_bytes)
+        source = io.BytesIO(data)
+    register_plugins()
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     Image.MAX_IMAGE_PIXELS = None  # the limit is ours (max_pixels), applied below to every format
     try:
-        with Image.open(path) as im:
+        with Image.open(source) as im:
             check_pixels(im.size[0], im.size[1], max_pixels)
             if draft is not None and im.format == "JPEG":
                 im.draft(im.mode, (draft, draft))
@@ -186,10 +259,32 @@ def open_image(path: str | IO[bytes], draft: int | None = None, max_pixels: int 
         raise ImageError(f"cannot decode image ({text})") from None
 
 
-def load_tensor(path: str | IO[bytes], preprocess: Any) -> Any:
-    """The model-ready tensor for one file, or :class:`ImageError`."""
-    image = open_image(path)
+def load_tensor(source: str | IO[bytes], preprocess: Any, max_bytes: int | None = None) -> Any:
+    """The model-ready tensor for one input, or :class:`ImageError`."""
+    image = open_image(source, max_bytes=max_bytes)
     try:
         return preprocess(image)
     except Exception as e:  # an image Pillow decoded but the transform cannot take
         raise ImageError(f"cannot preprocess image ({' '.join(str(e).split()) or type(e).__name__})") from None
+
+
+_plugins_registered = False
+
+
+def register_plugins() -> None:
+    """Teach Pillow HEIC/HEIF (pillow-heif); Pillow reads AVIF itself (11.3+). Idempotent.
+
+    pillow-heif applies a HEIF file's own rotation and mirroring (its ``irot``/``imir`` boxes, which
+    is where iPhones record orientation) and resets the EXIF orientation it reports to 1, so
+    :func:`open_image`'s ``exif_transpose`` never turns such an image twice.
+    """
+    global _plugins_registered
+    if _plugins_registered:
+        return
+    _plugins_registered = True
+    try:
+        from pillow_heif import register_heif_opener
+    except ImportError:  # an install without it still reads every other format
+        log.debug("pillow-heif is not installed: HEIC/HEIF files cannot be read")
+        return
+    register_heif_opener()

@@ -21,6 +21,7 @@ from .decoding import Cached, FileDecoder, Fresh, Jpeg, cpu_count, processes_usa
 from .images import DEFAULT_MAX_PIXELS, ImageError, Input
 from .models import LoadedModel
 from .ranking import error_record, feature_records
+from .reading import DEFAULT_MAX_BYTES, DEFAULT_TIMEOUT, is_url
 
 log = logging.getLogger("zeroshot")
 T = TypeVar("T")
@@ -29,6 +30,7 @@ DECODERS = ("auto", "pillow", "batched")
 # Files per round trip to a worker process: each round trip costs about a millisecond of
 # pickling and queue hand-offs, as much as a cache hit's whole work.
 PROCESS_CHUNK = 8
+FETCH_THREADS = 8  # URLs fetched at once (network-bound, so more than the cores)
 
 
 def default_workers(device: Any = "cpu") -> int:
@@ -62,6 +64,7 @@ def decode_stream(
     remote: Callable[[list[T]], list[tuple[Any, str | None]]] | None = None,
     chunk: int = 1,
     ready: Callable[[T], tuple[Any, str | None] | None] | None = None,
+    side: Callable[[T], bool] | None = None,
 ) -> Iterator[tuple[T, Any, str | None]]:
     """Run ``decode`` over items concurrently, yielding (item, payload, error) in input order.
 
@@ -71,7 +74,10 @@ def decode_stream(
     A worker that dies (a decoder crash on a hostile file) costs no record: the pool is replaced
     and the items that were in flight are retried one at a time, so only the file that crashes a
     worker on its own gets an error record. ``ready`` (run here, in order) may answer an item
-    without a worker, e.g. from a cache; it returns None for the items to decode.
+    without a worker, e.g. from a cache; it returns None for the items to decode. Items for which
+    ``side`` is true (URLs: waiting on a network, not a core) are decoded by a separate pool of up
+    to :data:`FETCH_THREADS` threads here, so a slow server holds up neither the files nor the
+    other URLs; their records still come out in input order.
     """
     if workers <= 0 and pool_factory is None:
         for item in items:
@@ -93,6 +99,7 @@ def decode_stream(
     chunk = max(1, chunk) if pool_factory is not None else 1
     max_chunks = max(2 * workers, lookahead // chunk)
     pool = new_pool()
+    side_pool: Any = None
     queue: deque[tuple[list[T], Any]] = deque()
 
     def take() -> Iterator[tuple[T, Any, str | None]]:
@@ -126,18 +133,24 @@ def decode_stream(
         pending: list[T] = []
         for item in items:
             answer = ready(item) if ready is not None else None
-            if answer is not None:
+            aside = answer is None and side is not None and side(item)
+            if answer is not None or aside:
                 if pending:  # keep the order: what came before goes out first
                     queue.append((pending, pool.submit(fn, pending)))
                     pending = []
-                queue.append(([item], _Done([answer])))
+                if aside:
+                    if side_pool is None:
+                        side_pool = ThreadPoolExecutor(max_workers=FETCH_THREADS, thread_name_prefix="zeroshot-fetch")
+                    queue.append(([item], side_pool.submit(local_many, [item])))
+                else:
+                    queue.append(([item], _Done([answer])))
             else:
                 pending.append(item)
             if len(pending) >= chunk:
                 queue.append((pending, pool.submit(fn, pending)))
                 pending = []
-                while len(queue) >= max_chunks:
-                    yield from take()
+            while len(queue) >= max_chunks:
+                yield from take()
         if pending:
             queue.append((pending, pool.submit(fn, pending)))
         while queue:
@@ -146,6 +159,8 @@ def decode_stream(
         for _, fut in queue:  # stopped early (closed pipe, interrupt): drop what is queued
             fut.cancel()
         pool.shutdown(wait=True, cancel_futures=True)
+        if side_pool is not None:  # a fetch under way ends at its own timeout; nobody waits for it
+            side_pool.shutdown(wait=False, cancel_futures=True)
 
 
 class _Done:
@@ -183,6 +198,8 @@ class DecodeOptions:
     decoder: str = "auto"
     jpeg_draft: bool = False
     max_pixels: int | None = DEFAULT_MAX_PIXELS
+    max_bytes: int | None = DEFAULT_MAX_BYTES  # per input, 0 or None: no cap (see zeroshot.reading)
+    timeout: float = DEFAULT_TIMEOUT  # seconds, for URLs
 
 
 def _resolve_decoder(name: str, device: Any, split: Any) -> str:
@@ -247,17 +264,18 @@ def classify_inputs(
         jpeg_draft=opts.jpeg_draft,
         raw_jpeg=decoder_name == "batched",
         max_pixels=opts.max_pixels,
+        max_bytes=opts.max_bytes,
+        timeout=opts.timeout,
     )
 
     def cached(inp: Input) -> tuple[Any, str | None] | None:
         """A cache hit answered here, without a worker round trip (a hit is a read, a hash, a lookup)."""
-        if image_cache is None or inp.error is not None:
-            return None
-        from .decoding import read_file
-        from .imagecache import content_digest
+        if image_cache is None or inp.error is not None or is_url(inp.path):
+            return None  # URLs are fetched by the decoders, which hash what they fetched
+        from .reading import file_digest
 
         try:
-            feature = image_cache.get(content_digest(read_file(inp.path)))
+            feature = image_cache.get(file_digest(inp.path, opts.max_bytes))
         except ImageError as e:
             return None, str(e)
         return (Cached(feature), None) if feature is not None else None
@@ -270,7 +288,8 @@ def classify_inputs(
         assert isinstance(split.pil_stage, StandardPilStage)
         batched = BatchJpegDecoder(split.pil_stage, device)
     # For the JPEGs nvJPEG refuses:
-    fallback = FileDecoder(loaded.preprocess, split, jpeg_draft=opts.jpeg_draft, max_pixels=opts.max_pixels)
+    fallback = FileDecoder(loaded.preprocess, split, jpeg_draft=opts.jpeg_draft, max_pixels=opts.max_pixels,
+                           max_bytes=opts.max_bytes)  # fmt: skip
 
     scale = loaded.logit_scale
     weights = text.weights.to(device)
@@ -373,7 +392,8 @@ def classify_inputs(
             pool_factory = lambda: process_pool(decoder, workers)  # noqa: E731
             remote = decode_in_worker
         look = lookahead_for(batch_size, max(1, workers))
-        stream = decode_stream(inputs, decoder, workers, look, pool_factory, remote, PROCESS_CHUNK, cached)
+        stream = decode_stream(inputs, decoder, workers, look, pool_factory, remote, PROCESS_CHUNK, cached,
+                               side=lambda inp: inp.error is None and is_url(inp.path))  # fmt: skip
         for item in stream:
             pending.append(item)
             if item[1] is not None:
