@@ -79,7 +79,8 @@ class Zeroshot:
 
         ``workers``, ``decoder`` and ``jpeg_draft`` are the CLI's ``--workers``, ``--decoder`` and
         ``--jpeg-draft``; ``max_bytes`` and ``timeout`` the CLI's ``--max-bytes`` and ``--timeout``
-        (None: their defaults; paths may be ``http(s)://`` URLs); ``image_cache`` an :class:`~zeroshot.imagecache.ImageEmbeddingCache`.
+        (None: their defaults; paths may be ``http(s)://`` URLs); ``image_cache`` an
+        :class:`~zeroshot.imagecache.ImageEmbeddingCache`.
         ``multi_label``/``threshold``/``calibration`` (a :class:`~zeroshot.calibration.Calibration`
         or a path to one) are ``--multi-label``, ``--threshold`` and ``--calibration``.
         """
