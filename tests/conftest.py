@@ -91,6 +91,14 @@ def image_dir(tmp_path_factory) -> Path:
     return folder
 
 
+def default_sigint() -> None:
+    """For a child that a test interrupts: SIGINT as a terminal would deliver it. A test suite
+    started in the background (``cmd &``) inherits SIGINT ignored, and Python then never sees it."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run_cli(*args: str, stdin: str | None = None, env_extra: dict | None = None, cwd=None, timeout=300):
     """Run the real console entry point in a subprocess (``python -m zeroshot``)."""
     env = dict(os.environ)

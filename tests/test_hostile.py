@@ -28,7 +28,7 @@ from zeroshot.images import Input
 from zeroshot.models import BUNDLED_NAME, load_model, resolve_spec
 from zeroshot.pipeline import classify_inputs
 
-from .conftest import make_image, run_cli
+from .conftest import default_sigint, make_image, run_cli
 
 LABELS = ["t-shirt", "trouser", "bag", "sneaker"]
 MODEL = ["--model", BUNDLED_NAME] + [a for label in LABELS for a in ("--label", label)]
@@ -258,7 +258,8 @@ def test_ten_thousand_tiny_images_stream_in_bounded_memory(tiny_folder, tmp_path
 def test_signal_mid_run_keeps_what_was_done(tiny_folder, tmp_path, sig, code):
     env = dict(os.environ, ZEROSHOT_CACHE_DIR=str(tmp_path / "cache"))
     args = [sys.executable, "-m", "zeroshot", "classify", str(tiny_folder), *MODEL, "-q", "-k", "1", "--cache-images"]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True,
+                            preexec_fn=default_sigint)  # fmt: skip
     assert proc.stdout is not None
     lines = [proc.stdout.readline() for _ in range(40)]  # the run is under way
     proc.send_signal(sig)

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from zeroshot.cli import app
 from zeroshot.models import BUNDLED_NAME
 
-from .conftest import make_image
+from .conftest import default_sigint, make_image
 
 BASE = ["--model", BUNDLED_NAME, "--dataset", "fashion-mnist", "-k", "3", "-q"]
 
@@ -112,7 +112,7 @@ def test_interrupted_run_leaves_no_half_file(tmp_path):
     target.write_text("old contents\n")
     args = [sys.executable, "-m", "zeroshot", "classify", str(folder), *BASE, "-f", "csv", "-o", str(target),
             "--workers", "1"]  # fmt: skip
-    proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
     for _ in range(600):  # wait until records are being written (its temporary file has grown)
         if any(p.name.endswith(".tmp") and p.stat().st_size > 0 for p in target.parent.iterdir()):
             break

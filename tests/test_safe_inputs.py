@@ -402,8 +402,7 @@ def test_full_disk_cache_still_classifies_and_leaves_nothing_half_written(tmp_pa
     folder = tmp_path / "full"
     folder.mkdir()
     if not _mount_tmpfs(folder, "size=24k"):
-        # Without root, no tmpfs: fill a file-size limit instead (writes past it fail with EFBIG).
-        pytest.skip("needs root to mount a tiny tmpfs")
+        pytest.skip("needs root to mount a tiny tmpfs (the file-size-limit test below runs everywhere)")
     try:
         code, records, err = run_with_cache(folder / "cache", images, monkeypatch)
         leftovers = [p for p in folder.rglob("*") if p.is_file() and ".tmp" in p.name]
@@ -416,3 +415,23 @@ def test_full_disk_cache_still_classifies_and_leaves_nothing_half_written(tmp_pa
     assert len(warnings) == 1 and "cannot write to the cache" in warnings[0], err
     assert not leftovers and not problems
     assert all(e.stat().st_size > 0 for e in entries)
+
+
+def test_cache_writes_past_a_file_size_limit_fail_softly(tmp_path, image_dir):
+    """Writes that fail part-way (RLIMIT_FSIZE: EFBIG past 1 KiB, no root needed): same records, one warning."""
+    import resource
+
+    images = [str(p) for p in sorted(image_dir.iterdir())]
+    env = dict(os.environ, ZEROSHOT_CACHE_DIR=str(tmp_path / "cache"), PYTHONDONTWRITEBYTECODE="1")
+    args = [sys.executable, "-m", "zeroshot", "classify", *images, *MODEL, "-k", "2", "--cache-images"]
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1024, 1024))
+
+    capped = subprocess.run(args, capture_output=True, text=True, env=env, preexec_fn=limit, timeout=300)
+    want = subprocess.run(args[:-1], capture_output=True, text=True, env=env, timeout=300)
+    assert capped.returncode == 0, capped.stderr
+    assert records_of(capped.stdout) == records_of(want.stdout)
+    warnings = [line for line in capped.stderr.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "cannot write to the cache" in warnings[0], capped.stderr
+    assert not [p for p in (tmp_path / "cache").rglob("*") if ".tmp" in p.name]
