@@ -373,7 +373,7 @@ def read_only_folder(path: Path):
         yield path
     finally:
         if mounted:
-            subprocess.run(["umount", str(path)], check=False)
+            subprocess.run(["umount", "-l", str(path)], check=False)
         else:
             path.chmod(0o755)
 
@@ -408,13 +408,14 @@ def test_full_disk_cache_still_classifies_and_leaves_nothing_half_written(tmp_pa
         leftovers = [p for p in folder.rglob("*") if p.is_file() and ".tmp" in p.name]
         entries = list((folder / "cache" / "text").glob("*.safetensors")) if (folder / "cache").is_dir() else []
         problems = [e.problem for e in cache.list_entries() if e.problem]
+        sizes = [e.stat().st_size for e in entries]
     finally:
-        subprocess.run(["umount", str(folder)], check=False)
+        subprocess.run(["umount", "-l", str(folder)], check=False)
     assert code == 0 and records == want
     warnings = [line for line in err.splitlines() if "warning" in line]
     assert len(warnings) == 1 and "cannot write to the cache" in warnings[0], err
     assert not leftovers and not problems
-    assert all(e.stat().st_size > 0 for e in entries)
+    assert all(size > 0 for size in sizes)
 
 
 def test_cache_writes_past_a_file_size_limit_fail_softly(tmp_path, image_dir):

@@ -44,10 +44,11 @@ class Zeroshot:
         pretrained: str | None = None,
         device: str = "auto",
         precision: str = "auto",
+        preprocess: str | None = None,
     ) -> None:
         from .models import load_model, resolve_device, resolve_precision, resolve_spec
 
-        self.spec = resolve_spec(model, pretrained)
+        self.spec = resolve_spec(model, pretrained, preprocess)
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
         self.loaded = load_model(self.spec, self.device, self.precision)

@@ -148,6 +148,14 @@ PretrainedOpt = Annotated[
         help="open_clip pretrained tag (openai, ...) or a checkpoint file. Env: ZEROSHOT_PRETRAINED.",
     ),
 ]
+PreprocessOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--preprocess",
+        help="With --pretrained FILE: the pretrained tag whose image preprocessing the checkpoint follows "
+        "(default: the one the architecture's tags share).",
+    ),
+]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
 PrecisionOpt = Annotated[str, typer.Option("--precision", help="auto (fp16 on CUDA, fp32 on CPU), fp32, fp16 or bf16.")]
 NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the text-embedding cache.")]
@@ -192,6 +200,89 @@ def _status(show: bool, message: str) -> Any:
     return _console().status(message) if show else contextlib.nullcontext()
 
 
+def _size(n: int | None) -> str:
+    if n is None:
+        return "size unknown"
+    for unit in ("bytes", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:,} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1000  # type: ignore[assignment]
+    return str(n)
+
+
+class _Downloads:
+    """First downloads made visible on stderr: at a terminal a bar per file (bytes, rate, time
+    left), pausing the loading spinner meanwhile; otherwise one line per file (what, how big, where
+    it goes). stdout is never touched."""
+
+    def __init__(self, tty: bool, status: Any = None) -> None:
+        self.tty = tty
+        self.status = status
+        self.progress: Any = None
+        self.task: Any = None
+
+    def start(self, what: str, size: int | None, dest: str) -> None:
+        if not self.tty:
+            sys.stderr.write(f"zeroshot: downloading {what} ({_size(size)}) into {dest}\n")
+            sys.stderr.flush()
+            return
+        from rich.markup import escape
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
+        if self.status is not None:
+            self.status.stop()
+        self.what, self.size, self.began = what, size, time.perf_counter()
+        self.progress = Progress(
+            TextColumn(f"downloading {escape(what)}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+            TimeRemainingColumn(), console=_console(),
+        )  # fmt: skip
+        self.progress.start()
+        self.task = self.progress.add_task("download", total=size)
+
+    def progress_to(self, done: int) -> None:
+        if self.progress is not None:
+            self.progress.update(self.task, completed=done)
+
+    def end(self, ok: bool) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+            took = max(time.perf_counter() - self.began, 1e-3)
+            if ok and self.size:  # what the bar showed, as one line that stays
+                sys.stderr.write(f"zeroshot: downloaded {self.what}: {_size(self.size)} in {took:.1f} s "
+                                 f"({_size(int(self.size / took))}/s)\n")  # fmt: skip
+            if self.status is not None:
+                self.status.start()
+
+
+def _downloads(quiet: bool, status: Any = None) -> Any:
+    """The download display for a command (None with --quiet)."""
+    if quiet:
+        return None
+    from .models import DownloadReport
+
+    shown = _Downloads(sys.stderr.isatty(), status)
+
+    class Report(DownloadReport):
+        def start(self, what: str, size: int | None, dest: str) -> None:
+            shown.start(what, size, dest)
+
+        def progress(self, done: int) -> None:
+            shown.progress_to(done)
+
+        def end(self, ok: bool) -> None:
+            shown.end(ok)
+
+    return Report()
+
+
 def _model_and_text(
     prompt_set: Any,
     model: str | None,
@@ -201,6 +292,8 @@ def _model_and_text(
     no_cache: bool,
     show: bool,
     classifier_file: Any = None,
+    preprocess: str | None = None,
+    quiet: bool = False,
 ) -> tuple[Any, Any]:
     """Load the model (spinner for people) and get its text classifier: from ``classifier_file``
     (a :class:`~zeroshot.export.ClassifierFile`, checked against the model), else from the cache
@@ -208,11 +301,12 @@ def _model_and_text(
     from .classifier import get_text_classifier
     from .models import load_model, resolve_device, resolve_precision
 
-    spec = _spec_for(classifier_file, model, pretrained)  # a classifier file's model is checked here
+    spec = _spec_for(classifier_file, model, pretrained, preprocess)  # a classifier file's model is checked here
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
-    with _status(show, f"loading {spec.label} on {dev} ({prec})"):
-        loaded = load_model(spec, dev, prec)
+    with _status(show, f"loading {spec.label} on {dev} ({prec})") as status:
+        loaded = load_model(spec, dev, prec, downloads=_downloads(quiet, status))
+    _say_notes(loaded.notes, quiet)
     if classifier_file is not None:
         from .export import check_model
 
@@ -235,15 +329,26 @@ def _open_classifier_file(
     return load_classifier(classifier)
 
 
-def _spec_for(file: Any, model: str | None, pretrained: str | None) -> Any:
+def _say_notes(notes: list[str], quiet: bool) -> None:
+    """What loading inferred (a checkpoint file's preprocessing, QuickGELU): one line each on stderr."""
+    if not quiet:
+        for note in notes:
+            sys.stderr.write(f"zeroshot: note: {note}\n")
+        sys.stderr.flush()
+
+
+def _spec_for(file: Any, model: str | None, pretrained: str | None, preprocess: str | None = None) -> Any:
     """The model to run: --model/--pretrained, else a classifier file's own; a file is checked against it."""
     from .models import resolve_spec
 
     if file is None:
-        return resolve_spec(model, pretrained)
+        return resolve_spec(model, pretrained, preprocess)
     from .export import check_model
 
-    spec = _spec_of_classifier_file(file) if model is None and pretrained is None else resolve_spec(model, pretrained)
+    if model is None and pretrained is None:
+        spec = _spec_of_classifier_file(file)
+    else:
+        spec = resolve_spec(model, pretrained, preprocess)
     check_model(file, spec)  # before loading: a wrong model fails fast
     return spec
 
@@ -307,6 +412,7 @@ def classify(
     templates: TemplatesOpt = None,
     model: ModelOpt = None,
     pretrained: PretrainedOpt = None,
+    preprocess: PreprocessOpt = None,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
     batch_size: Annotated[
@@ -470,6 +576,7 @@ def classify(
             threshold=threshold, calibration=calibration, background=background.strip(), min_score=min_score,
             fmt=fmt, output=output, report=report, ray_address=ray_address, gpus_per_worker=gpus_per_worker,
             quiet=quiet, cpus_per_worker=cpus_per_worker, max_bytes=max_bytes, timeout=timeout, null=null,
+            preprocess=preprocess,
         )  # fmt: skip
         return
     if fmt not in FORMATS:
@@ -480,8 +587,9 @@ def classify(
     show = not quiet and sys.stderr.isatty()
     console = _console() if show else None
     loaded, text = _model_and_text(
-        prompt_set, model, pretrained, device, precision, no_cache, show, classifier_file=classifier_file
-    )
+        prompt_set, model, pretrained, device, precision, no_cache, show, classifier_file=classifier_file,
+        preprocess=preprocess, quiet=quiet,
+    )  # fmt: skip
     rule = None
     if multi_label or calibration is not None:
         rule = _multilabel(loaded.spec, text, lambda: loaded, threshold, background.strip(), calibration, quiet)
@@ -575,12 +683,12 @@ def _classify_on_ray(inputs: list[str], **o: Any) -> None:
 
     def load() -> Any:  # on the driver only when the cache misses or a background class is needed
         if not loaded_box:
-            with _status(show, f"loading {spec.label} to build the text classifier"):
-                loaded_box.append(load_model(spec, "cpu", "fp32"))
+            with _status(show, f"loading {spec.label} to build the text classifier") as status:
+                loaded_box.append(load_model(spec, "cpu", "fp32", downloads=_downloads(o["quiet"], status)))
         return loaded_box[0]
 
     file = o["classifier_file"]
-    spec = _spec_for(file, o["model"], o["pretrained"])
+    spec = _spec_for(file, o["model"], o["pretrained"], o["preprocess"])
     if file is not None:
         text = file.text_classifier()
     else:
@@ -613,6 +721,7 @@ def build_prompts(
     templates: TemplatesOpt = None,
     model: ModelOpt = None,
     pretrained: PretrainedOpt = None,
+    preprocess: PreprocessOpt = None,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Prompts per model call.")] = 256,
@@ -639,7 +748,7 @@ def build_prompts(
 
     start = time.perf_counter()
     prompt_set = _prompt_set(dataset, labels, label, templates)
-    spec = resolve_spec(model, pretrained)
+    spec = resolve_spec(model, pretrained, preprocess)
     show = not quiet and sys.stderr.isatty()
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
@@ -650,8 +759,10 @@ def build_prompts(
         path.unlink(missing_ok=True)
 
     def load() -> Any:
-        with _status(show, f"loading {spec.label}"):
-            return load_model(spec, dev, prec)
+        with _status(show, f"loading {spec.label}") as status:
+            loaded = load_model(spec, dev, prec, downloads=_downloads(quiet, status))
+        _say_notes(loaded.notes, quiet)
+        return loaded
 
     _check_folder("--output", output)
     text = get_text_classifier(spec, prompt_set, load, batch_size=batch_size, precision=prec)
@@ -688,6 +799,7 @@ def eval_cmd(
     templates: TemplatesOpt = None,
     model: ModelOpt = None,
     pretrained: PretrainedOpt = None,
+    preprocess: PreprocessOpt = None,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
     data_dir: Annotated[
@@ -743,7 +855,9 @@ def eval_cmd(
     else:
         prompt_set = _prompt_set(dataset, labels, label, templates)
     show = not quiet and sys.stderr.isatty()
-    loaded, text = _model_and_text(prompt_set, model, pretrained, device, precision, no_cache, show)
+    loaded, text = _model_and_text(
+        prompt_set, model, pretrained, device, precision, no_cache, show, preprocess=preprocess, quiet=quiet
+    )
     with _status(show, "evaluating"):
         run = evaluate_run(
             loaded, text, folder=folder, idx_dir=data_dir, split=split, limit=limit,

@@ -63,6 +63,7 @@ class SharedClassifier:
     pretrained: str | None
     identity: dict[str, Any]
     multi_label: dict[str, Any] | None = None  # threshold, kind, scale, bias, background (numpy)
+    preprocess: str | None = None  # a checkpoint file's --preprocess TAG
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -92,13 +93,14 @@ class SharedClassifier:
             pretrained=spec.pretrained,
             identity=weights_identity(spec, cache.hash_memo_dir()),
             multi_label=rule,
+            preprocess=spec.preprocess,
         )
 
     def model_spec(self) -> Any:
         """The model, resolved on this machine (the bundled one wherever this install keeps it)."""
         from .models import spec_built_for
 
-        return spec_built_for(self.model, self.pretrained)
+        return spec_built_for(self.model, self.pretrained, self.preprocess)
 
 
 class ClassifyBatch:

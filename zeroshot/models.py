@@ -63,6 +63,9 @@ class ModelSpec:
     model: str
     pretrained: str | None
     kind: str
+    # For a checkpoint file: the pretrained tag whose preprocessing it follows (``--preprocess``);
+    # None lets :func:`file_preprocess` infer it from the architecture's tags.
+    preprocess: str | None = None
 
     @property
     def label(self) -> str:
@@ -81,17 +84,32 @@ def model_label(model: str, pretrained: str | None) -> str:
     return model if pretrained is None else f"{model} ({pretrained})"
 
 
-def spec_built_for(model: str, pretrained: str | None) -> ModelSpec:
+def spec_built_for(model: str, pretrained: str | None, preprocess: str | None = None) -> ModelSpec:
     """The model an exported classifier names (its ``model`` and ``pretrained``), found on this
     machine: the bundled model's weights wherever this install keeps them, not the path recorded
     where the classifier was built."""
     if model == BUNDLED_NAME:
         return resolve_spec(BUNDLED_NAME)
-    return resolve_spec(model, pretrained)
+    return resolve_spec(model, pretrained, preprocess)
 
 
-def resolve_spec(model: str | None = None, pretrained: str | None = None) -> ModelSpec:
-    """Apply defaults (``ZEROSHOT_MODEL``/``ZEROSHOT_PRETRAINED``) and classify the weights source."""
+def resolve_spec(model: str | None = None, pretrained: str | None = None, preprocess: str | None = None) -> ModelSpec:
+    """Apply defaults (``ZEROSHOT_MODEL``/``ZEROSHOT_PRETRAINED``) and classify the weights source.
+
+    ``preprocess`` (``--preprocess TAG``) applies to checkpoint files only: see :func:`file_preprocess`.
+    """
+    spec = _resolve_spec(model, pretrained)
+    if preprocess:
+        if spec.kind != "file":
+            raise UsageError(
+                f"--preprocess {preprocess} applies to a checkpoint file (--pretrained FILE); {spec.label} brings "
+                "its own preprocessing"
+            )
+        return ModelSpec(spec.model, spec.pretrained, spec.kind, preprocess.strip())
+    return spec
+
+
+def _resolve_spec(model: str | None, pretrained: str | None) -> ModelSpec:
     env_model = os.environ.get("ZEROSHOT_MODEL") or None
     env_pretrained = os.environ.get("ZEROSHOT_PRETRAINED") or None
     name = (model or env_model or DEFAULT_MODEL).strip()
@@ -277,18 +295,23 @@ def resolve_device(device: str | None) -> str:
     raise UsageError(f"--device {device}: expected auto, cpu, cuda or cuda:N")
 
 
-def _hub_host() -> str:
+def _hub_address() -> tuple[str, int]:
+    """(host, port) of the Hugging Face endpoint (``HF_ENDPOINT``, else huggingface.co)."""
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-    return endpoint.split("://", 1)[-1].split("/", 1)[0].split(":", 1)[0]
+    scheme, _, rest = endpoint.rpartition("://")
+    netloc = rest.split("/", 1)[0]
+    host, _, port = netloc.rpartition(":") if netloc.count(":") == 1 else (netloc, "", "")
+    return host, int(port) if port.isdigit() else (80 if scheme == "http" else 443)
 
 
-def _resolves(host: str, timeout: float = 3.0) -> bool:
-    """Whether ``host`` resolves within ``timeout`` seconds (getaddrinfo has no timeout of its own)."""
+def _reachable(address: tuple[str, int], timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to ``address`` opens within ``timeout`` seconds (name lookup
+    included, which has no timeout of its own: hence the thread)."""
     result: list[bool] = []
 
     def probe() -> None:
         try:
-            socket.getaddrinfo(host, 443)
+            socket.create_connection(address, timeout=timeout).close()
             result.append(True)
         except OSError:
             result.append(False)
@@ -303,15 +326,17 @@ def _go_offline_if_unreachable() -> bool:
     """Put huggingface_hub in offline mode when its host does not resolve.
 
     Offline, the hub client still serves files already in its local cache but fails at once for the
-    rest, instead of retrying for half a minute. Returns True when the network is unusable.
+    rest, instead of retrying for a minute (transformers' tokenizers too: open_clip #968). Returns
+    True when the network is unusable: the endpoint's name does not resolve or it takes no connection.
     """
     with contextlib.suppress(ImportError):
         import huggingface_hub.constants as hf_constants
 
         if hf_constants.HF_HUB_OFFLINE:
             return True
-        if not _resolves(_hub_host()):
+        if not _reachable(_hub_address()):
             hf_constants.HF_HUB_OFFLINE = True
+            os.environ["HF_HUB_OFFLINE"] = "1"  # for transformers, which may read it itself
             return True
     return False
 
@@ -370,11 +395,113 @@ def _first_line(e: BaseException, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def load_model(spec: ModelSpec, device: str = "cpu", precision: str = "fp32") -> LoadedModel:
+class DownloadReport:
+    """What :func:`load_model` tells about each file it downloads (the CLI draws it; a library user
+    may pass their own). ``start`` gets what (``org/repo/file``), the size in bytes when known and
+    the folder it goes to; ``progress`` the bytes so far; ``end`` whether it completed."""
+
+    def start(self, what: str, size: int | None, dest: str) -> None: ...
+
+    def progress(self, done: int) -> None: ...
+
+    def end(self, ok: bool) -> None: ...
+
+
+class _Tracker(DownloadReport):
+    """Forwards to another report (if any) and remembers a download that did not complete."""
+
+    def __init__(self, inner: DownloadReport | None) -> None:
+        self.inner = inner
+        self.current: str | None = None
+        self.broken: str | None = None
+
+    def start(self, what: str, size: int | None, dest: str) -> None:
+        self.current = what
+        if self.inner is not None:
+            self.inner.start(what, size, dest)
+
+    def progress(self, done: int) -> None:
+        if self.inner is not None:
+            self.inner.progress(done)
+
+    def end(self, ok: bool) -> None:
+        if not ok:
+            self.broken = self.current
+        if self.inner is not None:
+            self.inner.end(ok)
+
+
+@contextlib.contextmanager
+def reporting_downloads(report: DownloadReport | None) -> Iterator[None]:
+    """While open_clip and transformers load, report each file huggingface_hub fetches to ``report``.
+
+    Both fetch through ``huggingface_hub.file_download._download_to_tmp_and_move`` (plain HTTP or
+    Xet alike), which is wrapped here; progress is the size of the file being written, read every
+    0.2 s. huggingface_hub's own bars are off meanwhile (they would print on stderr in any case).
+    """
+    if report is None:
+        yield
+        return
+    try:
+        from huggingface_hub import constants as hf_constants
+        from huggingface_hub import file_download
+        from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+    except ImportError:
+        yield
+        return
+    original = file_download._download_to_tmp_and_move
+
+    def wrapped(
+        incomplete_path: Path, destination_path: Path, url_to_download: str, headers: Any,
+        expected_size: int | None, filename: str, force_download: bool, *args: Any, **kwargs: Any,
+    ) -> None:  # fmt: skip
+        if os.path.exists(destination_path) and not force_download:
+            return original(incomplete_path, destination_path, url_to_download, headers, expected_size, filename,
+                            force_download, *args, **kwargs)  # fmt: skip
+        where = url_to_download.split("/resolve/", 1)
+        what = f"{where[0].split('://', 1)[-1].split('/', 1)[-1]}/{filename}" if len(where) == 2 else filename
+        report.start(what, expected_size, str(hf_constants.HF_HUB_CACHE))
+        stop = threading.Event()
+
+        def poll() -> None:
+            while not stop.wait(0.2):
+                with contextlib.suppress(OSError):
+                    report.progress(os.path.getsize(incomplete_path))
+
+        watcher = threading.Thread(target=poll, name="zeroshot-download", daemon=True)
+        watcher.start()
+        ok = False
+        try:
+            original(incomplete_path, destination_path, url_to_download, headers, expected_size, filename,
+                     force_download, *args, **kwargs)  # fmt: skip
+            ok = True
+        finally:
+            stop.set()
+            watcher.join()
+            if ok:
+                with contextlib.suppress(OSError):
+                    report.progress(os.path.getsize(destination_path))
+            report.end(ok)
+
+    bars_were_off = are_progress_bars_disabled()
+    disable_progress_bars()
+    file_download._download_to_tmp_and_move = wrapped
+    try:
+        yield
+    finally:
+        file_download._download_to_tmp_and_move = original
+        if not bars_were_off:
+            enable_progress_bars()
+
+
+def load_model(
+    spec: ModelSpec, device: str = "cpu", precision: str = "fp32", downloads: DownloadReport | None = None
+) -> LoadedModel:
     """Build the model with open_clip's factory and load its weights; never random weights.
 
     The preprocessing is the inference transform open_clip returns for this model and checkpoint.
     ``precision`` is passed to open_clip (fp16/bf16 weights; its LayerNorms keep fp32 maths).
+    ``downloads`` hears about each file fetched from the Hugging Face Hub (:class:`DownloadReport`).
     """
     import open_clip
 
@@ -407,6 +534,13 @@ def load_model(spec: ModelSpec, device: str = "cpu", precision: str = "fp32") ->
         if open_clip.get_model_config(spec.model.replace("/", "-")) is None:
             raise _unknown_model(spec.model)
         check_checkpoint_safe(spec.pretrained)
+        if spec.model != BUNDLED_NAME:
+            cfg, why = file_preprocess(spec.model.replace("/", "-"), spec.preprocess)
+            for key in ("mean", "std", "interpolation", "resize_mode"):
+                if cfg and key in cfg:
+                    kwargs[f"image_{key}"] = cfg[key]
+            if spec.preprocess or not _is_default_preprocess(cfg):  # say so when it is not the usual
+                notes.append(f"{spec.model} from a checkpoint file: {why}")
     elif spec.kind == "local-dir":
         folder = Path(spec.model.split(":", 1)[1])
         for p in folder.iterdir():
@@ -415,8 +549,9 @@ def load_model(spec: ModelSpec, device: str = "cpu", precision: str = "fp32") ->
     elif spec.kind == "hf-hub":
         offline = _go_offline_if_unreachable()
 
+    tracker = _Tracker(downloads)
     try:
-        with _quiet_third_party():
+        with _quiet_third_party(), reporting_downloads(tracker):
             model, preprocess = open_clip.create_model_from_pretrained(
                 spec.model, pretrained=spec.pretrained, device=device, precision=precision, **kwargs
             )
@@ -424,12 +559,92 @@ def load_model(spec: ModelSpec, device: str = "cpu", precision: str = "fp32") ->
     except (ModelLoadError, UsageError):
         raise
     except Exception as e:
-        raise _load_failure(spec, e, offline) from None
+        raise _load_failure(spec, e, offline, tracker.broken) from None
     model.eval()
     return LoadedModel(
         spec=spec, model=model, preprocess=preprocess, tokenizer=tokenizer, device=device, notes=notes,
         precision=precision,
     )  # fmt: skip
+
+
+# The pretrained-config fields that make up an eval transform (create_model_from_pretrained's
+# image_* arguments; open_clip's tags set no others).
+PREPROCESS_KEYS = ("mean", "std", "interpolation", "resize_mode")
+
+
+def _tag_preprocess(name: str, tag: str) -> dict[str, Any]:
+    import open_clip
+
+    cfg = open_clip.get_pretrained_cfg(name, tag) or {}
+    return {k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg.items() if k in PREPROCESS_KEYS}
+
+
+def describe_preprocess(cfg: dict[str, Any]) -> str:
+    """``mean (0.5, 0.5, 0.5), std (0.5, 0.5, 0.5), bicubic, squash resize``: for messages."""
+
+    from open_clip import constants as c
+
+    named = {"OpenAI": c.OPENAI_DATASET_MEAN, "ImageNet": c.IMAGENET_MEAN, "Inception": c.INCEPTION_MEAN}
+
+    def nums(v: Any) -> str:
+        return "(" + ", ".join(f"{x:g}" for x in v) + ")"
+
+    name = next((n for n, m in named.items() if tuple(cfg.get("mean", ())) == tuple(m)), None)
+    if name and name != "Inception":
+        parts = [f"{name} mean/std"]
+    else:
+        parts = [f"{k} {nums(cfg[k])}" for k in ("mean", "std") if k in cfg]
+    parts += [str(cfg[k]) for k in ("interpolation",) if k in cfg]
+    parts += [f"{cfg['resize_mode']} resize"] if "resize_mode" in cfg else []
+    return ", ".join(parts) or "open_clip's defaults"
+
+
+def file_preprocess(name: str, choice: str | None = None) -> tuple[dict[str, Any] | None, str]:
+    """(preprocessing config, what was chosen and why) for weights of ``name`` given as a file.
+
+    open_clip gives a checkpoint file its *default* preprocessing whatever the architecture's
+    weights were trained with (open_clip #1068): OpenAI's mean/std and shortest-side resize for
+    SigLIP (which wants 0.5/0.5 and a squash) or MobileCLIP (0/1, bilinear). Here the architecture's
+    own is used: the one its pretrained tags share; ``choice`` (a tag) where they differ; open_clip's
+    default only for an architecture with no tags.
+    """
+    import open_clip
+
+    tags = list(open_clip.list_pretrained_tags_by_model(name))
+    if choice:
+        if choice not in tags:
+            known = ", ".join(tags) if tags else "none"
+            raise UsageError(f"--preprocess {choice}: not a pretrained tag of {name} (its tags: {known})")
+        cfg = _tag_preprocess(name, choice)
+        return cfg, f"the preprocessing of its '{choice}' weights: {describe_preprocess(cfg)}"
+    if not tags:
+        return None, f"open_clip's default preprocessing ({name} has no pretrained tags to take it from)"
+    groups: dict[str, list[str]] = {}
+    cfgs: dict[str, dict[str, Any]] = {}
+    for tag in tags:
+        cfg = _tag_preprocess(name, tag)
+        key = repr(sorted(cfg.items()))
+        groups.setdefault(key, []).append(tag)
+        cfgs[key] = cfg
+    if len(groups) == 1:
+        (cfg,) = cfgs.values()
+        return cfg, f"the preprocessing all its pretrained tags use: {describe_preprocess(cfg)}"
+    options = "; ".join(f"{', '.join(t)}: {describe_preprocess(cfgs[k])}" for k, t in groups.items())
+    raise UsageError(
+        f"{name}'s pretrained weights use different preprocessing ({options}); say which your checkpoint "
+        "follows with --preprocess TAG"
+    )
+
+
+def _is_default_preprocess(cfg: dict[str, Any] | None) -> bool:
+    """Whether ``cfg`` is what open_clip gives a checkpoint file anyway (OpenAI's mean/std, bicubic,
+    shortest-side resize): then nothing was changed and there is nothing to say."""
+    from open_clip import constants as c
+
+    default = {"mean": c.OPENAI_DATASET_MEAN, "std": c.OPENAI_DATASET_STD, "interpolation": "bicubic",
+               "resize_mode": "shortest"}  # fmt: skip
+    return not cfg or all(tuple(v) == tuple(default[k]) if isinstance(v, (tuple, list)) else v == default[k]
+                          for k, v in cfg.items() if k in default)  # fmt: skip
 
 
 def _unknown_model(name: str) -> ModelLoadError:
@@ -444,8 +659,42 @@ def _unknown_model(name: str) -> ModelLoadError:
     )
 
 
-def _load_failure(spec: ModelSpec, e: BaseException, offline: bool) -> ModelLoadError:
+# The open_clip families, each by its smallest tagged model: (family, model, tag, what it needs
+# beyond the default install). tests/test_families.py checks each against open_clip's reference
+# through a stand-in Hub; benchmarks/families.py times them.
+FAMILIES: tuple[tuple[str, str, str, str], ...] = (
+    ("OpenAI CLIP ViT (QuickGELU)", "ViT-B-32", "openai", ""),
+    ("OpenAI CLIP ResNet", "RN50", "openai", ""),
+    ("LAION ConvNeXt", "convnext_base", "laion400m_s13b_b51k", ""),
+    ("EVA02", "EVA02-B-16", "merged2b_s8b_b131k", ""),
+    ("CoCa", "coca_ViT-B-32", "laion2b_s13b_b90k", ""),
+    ("ViTamin", "ViTamin-S", "datacomp1b", ""),
+    ("MobileCLIP", "MobileCLIP-S1", "datacompdr", ""),
+    ("MobileCLIP 2", "MobileCLIP2-S0", "dfndr2b", ""),
+    ("PE-Core", "PE-Core-T-16-384", "meta", ""),
+    ("SigLIP", "ViT-B-16-SigLIP", "webli", "hf"),
+    ("SigLIP 2", "ViT-B-32-SigLIP2-256", "webli", "hf"),
+    ("CLIPA", "ViT-L-14-CLIPA", "datacomp1b", "hf"),
+)
+
+# Packages some model families need beyond the default install, and why (the [hf] extra).
+HF_PACKAGES = {"transformers": "Hugging Face tokenizer or text tower", "sentencepiece": "SentencePiece vocabulary"}
+HF_INSTALL = "pip install 'transformers>=4.40' 'sentencepiece>=0.2'"
+
+
+def _load_failure(spec: ModelSpec, e: BaseException, offline: bool, broken: str | None = None) -> ModelLoadError:
     what = spec.label
+    if broken is not None:
+        return ModelLoadError(
+            f"the download of {broken} for {what} broke off ({_first_line(e, 160)}); run again to resume it"
+        )
+    missing = _missing_package(e)
+    if missing is not None:
+        need = HF_PACKAGES.get(missing, "a package it imports")
+        return ModelLoadError(
+            f"{what} needs the '{missing}' package ({need}), which is not installed: {HF_INSTALL} "
+            "(zeroshot's [hf] extra)"
+        )
     if spec.kind in ("tag", "hf-hub"):
         text = str(e).lower()
         network = offline or any(
@@ -462,6 +711,24 @@ def _load_failure(spec: ModelSpec, e: BaseException, offline: bool) -> ModelLoad
             "--pretrained FILE)"
         )
     return ModelLoadError(f"cannot load {what}: {_first_line(e)}")
+
+
+def _missing_package(e: BaseException) -> str | None:
+    """The top-level package whose absence caused ``e`` (an ImportError, or transformers' own
+    "requires the ... library" errors), if any."""
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, ImportError) and getattr(e, "name", None):
+            return str(e.name).split(".")[0]
+        text = str(e)
+        for name in HF_PACKAGES:
+            if f"requires the {name.capitalize()} library" in text or f"requires the {name} library" in text:
+                return name
+            if f"No module named '{name}'" in text:
+                return name
+        e = e.__cause__ or e.__context__  # type: ignore[assignment]
+    return None
 
 
 def list_models() -> list[tuple[str, list[str], str]]:

@@ -1,0 +1,120 @@
+"""Run in a subprocess whose HF_ENDPOINT is the stand-in Hub: zeroshot's records and open_clip's
+reference for models given as NAME=WEIGHTS (a pretrained tag or a checkpoint file), as one JSON
+object on stdout.
+
+    python -m tests.family_check --images a.png b.png --label cat --label dog -- ViT-B-32=openai ...
+
+A model given as ``NAME=TAG+ml`` runs with ``--multi-label`` (threshold 0) against the model's own
+sigmoid rule; ``--inspect NAME=TAG`` also reports how zeroshot tokenizes for it (tokenizer class,
+cleaning, padded length, whether the text-side speed-ups apply).
+
+For each model, zeroshot's CLI runs first (so it, not the reference, meets the empty cache and does
+the real download), then open_clip's own path: ``create_model_and_transforms`` (with the tag's
+QuickGELU setting), ``get_tokenizer``, ``build_zero_shot_classifier`` over the same templates, and
+the softmax of ``logit_scale.exp()`` times the cosine similarities.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+
+def reference(
+    name: str, weights: str, images: list[str], labels: list[str], preprocess_tag: str | None, multi_label: bool
+) -> list:
+    import open_clip
+    import torch
+    import torch.nn.functional as F
+    from open_clip import build_zero_shot_classifier
+    from PIL import Image
+
+    from zeroshot.prompts import load_pack, render
+
+    tag = preprocess_tag or weights
+    cfg = open_clip.get_pretrained_cfg(name, tag) or {}
+    kwargs = {}
+    if preprocess_tag:  # a checkpoint file: the reference is what the tag itself would get
+        kwargs["force_preprocess_cfg"] = {
+            k: cfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in cfg
+        }
+    model, _, preprocess = open_clip.create_model_and_transforms(
+        name, pretrained=weights, force_quick_gelu=bool(cfg.get("quick_gelu")), **kwargs
+    )
+    model.eval()
+    tokenizer = open_clip.get_tokenizer(name)
+    templates = load_pack("default").templates
+    with torch.no_grad():
+        classifier = build_zero_shot_classifier(
+            model, tokenizer, labels, [lambda c, t=t: render(t, c) for t in templates], num_classes_per_batch=2,
+            device="cpu", use_tqdm=False,
+        )  # fmt: skip
+        out = []
+        for path in images:
+            feats = F.normalize(model.encode_image(preprocess(Image.open(path)).unsqueeze(0)), dim=-1)
+            logits = model.logit_scale.exp() * feats @ classifier
+            if multi_label:  # a SigLIP-style model's own per-label rule: sigmoid(scale * cos + bias)
+                out.append((logits + model.logit_bias).sigmoid()[0].tolist())
+            else:
+                out.append(logits.softmax(dim=-1)[0].tolist())
+    return out
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--images", nargs="+", required=True)
+    parser.add_argument("--label", action="append", required=True)
+    parser.add_argument("--preprocess", help="for NAME=FILE: the tag whose preprocessing the reference uses")
+    parser.add_argument("--no-reference", action="store_true")
+    parser.add_argument("--inspect", action="append", default=[])
+    parser.add_argument("models", nargs="+")
+    args = parser.parse_args(argv)
+    from typer.testing import CliRunner
+
+    from zeroshot.cli import app
+
+    results = {}
+    for item in args.models:
+        name, weights = item.split("=", 1)
+        multi_label = weights.endswith("+ml")
+        weights = weights.removesuffix("+ml")
+        start = time.perf_counter()
+        cli = ["classify", *args.images, "-m", name, "-p", weights, "--no-cache", "--workers", "0"]
+        cli += [a for label in args.label for a in ("--label", label)] + ["-k", str(len(args.label))]
+        cli += ["--multi-label", "--threshold", "0.0"] if multi_label else []
+        result = CliRunner().invoke(app, cli)
+        seconds = time.perf_counter() - start
+        entry: dict = {"exit": result.exit_code, "stderr": result.stderr[-2000:], "seconds": round(seconds, 2)}
+        entry["records"] = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+        is_file = "/" in weights or weights.endswith((".safetensors", ".pt", ".bin"))
+        if result.exit_code == 0 and not args.no_reference and not is_file:  # a file is compared with its tag
+            entry["reference"] = reference(name, weights, args.images, args.label, args.preprocess, multi_label)
+        results[item] = entry
+    for item in args.inspect:
+        results[f"inspect:{item}"] = inspect(*item.split("=", 1))
+    sys.stdout.write(json.dumps(results) + "\n")
+
+
+def inspect(name: str, tag: str) -> dict:
+    from zeroshot.classifier import prefix_shareable, trimmable
+    from zeroshot.models import load_model, resolve_spec
+
+    loaded = load_model(resolve_spec(name, tag))
+    tok = loaded.tokenizer
+    ids = tok(["A  Photo, of a CAT!"])
+    pad = getattr(getattr(tok, "tokenizer", None), "pad_token_id", 0)
+    return {
+        "class": type(tok).__name__,
+        "clean": getattr(tok.clean_fn, "__name__", str(tok.clean_fn)),
+        "length": int(ids.shape[1]),
+        "pads": int((ids[0] == pad).sum()),
+        "trim": trimmable(loaded.model),
+        "prefix": prefix_shareable(loaded.model),
+        "canonical": ids[0].tolist() == tok(["a photo of a cat"])[0].tolist(),
+    }
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
