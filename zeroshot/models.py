@@ -463,10 +463,20 @@ def reporting_downloads(report: DownloadReport | None) -> Iterator[None]:
         report.start(what, expected_size, str(hf_constants.HF_HUB_CACHE))
         stop = threading.Event()
 
+        def written() -> int:
+            # huggingface_hub writes to ``<stem>.<random>.incomplete`` beside ``incomplete_path``
+            # (2.x) or to ``incomplete_path`` itself (older): whichever is there.
+            part = Path(incomplete_path)
+            sizes = [0]
+            with contextlib.suppress(OSError):
+                sizes += [p.stat().st_size for p in part.parent.glob(f"{part.stem}.*.incomplete")]
+            with contextlib.suppress(OSError):
+                sizes.append(part.stat().st_size)
+            return max(sizes)
+
         def poll() -> None:
             while not stop.wait(0.2):
-                with contextlib.suppress(OSError):
-                    report.progress(os.path.getsize(incomplete_path))
+                report.progress(written())
 
         watcher = threading.Thread(target=poll, name="zeroshot-download", daemon=True)
         watcher.start()
