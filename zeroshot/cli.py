@@ -21,6 +21,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from .errors import UsageError, ZeroshotError
+from .reading import DEFAULT_MAX_BYTES, DEFAULT_TIMEOUT
 
 app = typer.Typer(
     name="zeroshot",
@@ -169,7 +170,6 @@ MaxBytesOpt = Annotated[
         "image within --max-pixels can be; 0: no limit). Checked on the size, and enforced while reading.",
     ),
 ]
-DEFAULT_MAX_BYTES = 512 * 1024 * 1024  # zeroshot.reading.DEFAULT_MAX_BYTES, which --help cannot import
 WorkersOpt = Annotated[
     int | None,
     typer.Option(
@@ -211,14 +211,14 @@ def _size(n: int | None) -> str:
 
 
 class _Downloads:
-    """First downloads made visible on stderr: at a terminal a bar per file (bytes, rate, time
-    left), pausing the loading spinner meanwhile; otherwise one line per file (what, how big, where
-    it goes). stdout is never touched."""
+    """A :class:`~zeroshot.models.DownloadReport` on stderr: at a terminal a bar per file (bytes,
+    rate, time left), pausing the loading spinner meanwhile; otherwise one line per file (what, how
+    big, where it goes). stdout is never touched."""
 
     def __init__(self, tty: bool, status: Any = None) -> None:
         self.tty = tty
         self.status = status
-        self.progress: Any = None
+        self.bar: Any = None
         self.task: Any = None
 
     def start(self, what: str, size: int | None, dest: str) -> None:
@@ -239,21 +239,21 @@ class _Downloads:
         if self.status is not None:
             self.status.stop()
         self.what, self.size, self.began = what, size, time.perf_counter()
-        self.progress = Progress(
+        self.bar = Progress(
             TextColumn(f"downloading {escape(what)}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
             TimeRemainingColumn(), console=_console(),
         )  # fmt: skip
-        self.progress.start()
-        self.task = self.progress.add_task("download", total=size)
+        self.bar.start()
+        self.task = self.bar.add_task("download", total=size)
 
-    def progress_to(self, done: int) -> None:
-        if self.progress is not None:
-            self.progress.update(self.task, completed=done)
+    def progress(self, done: int) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, completed=done)
 
     def end(self, ok: bool) -> None:
-        if self.progress is not None:
-            self.progress.stop()
-            self.progress = None
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
             took = max(time.perf_counter() - self.began, 1e-3)
             if ok and self.size:  # what the bar showed, as one line that stays
                 sys.stderr.write(f"zeroshot: downloaded {self.what}: {_size(self.size)} in {took:.1f} s "
@@ -262,25 +262,9 @@ class _Downloads:
                 self.status.start()
 
 
-def _downloads(quiet: bool, status: Any = None) -> Any:
+def _downloads(quiet: bool, status: Any = None) -> _Downloads | None:
     """The download display for a command (None with --quiet)."""
-    if quiet:
-        return None
-    from .models import DownloadReport
-
-    shown = _Downloads(sys.stderr.isatty(), status)
-
-    class Report(DownloadReport):
-        def start(self, what: str, size: int | None, dest: str) -> None:
-            shown.start(what, size, dest)
-
-        def progress(self, done: int) -> None:
-            shown.progress_to(done)
-
-        def end(self, ok: bool) -> None:
-            shown.end(ok)
-
-    return Report()
+    return None if quiet else _Downloads(sys.stderr.isatty(), status)
 
 
 def _model_and_text(
@@ -453,7 +437,7 @@ def classify(
             min=0.1,
             help="For http(s):// inputs: seconds to connect and between reads (a download gets 6x this in all).",
         ),
-    ] = 20.0,
+    ] = DEFAULT_TIMEOUT,
     null: Annotated[
         bool,
         typer.Option("--null", "-0", help="Paths on stdin (-) are separated by NUL bytes (find -print0), not lines."),

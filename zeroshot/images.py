@@ -59,15 +59,14 @@ def walk_images(root: str, seen: set[tuple[int, int]]) -> Iterator[Input]:
         return
     for entry in entries:
         try:
-            mode = entry.stat().st_mode  # follows symlinks
+            # The directory entry's own type answers these without a stat call (symlinks followed).
+            is_dir, is_file = entry.is_dir(), entry.is_file()
         except OSError:
-            mode = None  # a dangling symlink: an image name gets its record below
-        if mode is not None and stat.S_ISDIR(mode):
+            is_dir = is_file = False
+        if is_dir:
             yield from walk_images(entry.path, seen)
         elif is_image_name(entry.name):
-            from .reading import kind_problem
-
-            yield Input(entry.path, error="no such file" if mode is None else kind_problem(mode))
+            yield Input(entry.path, error=None if is_file else _special_file_problem(entry.path))
 
 
 def iter_inputs(inputs: Iterable[str], stdin: IO[Any] | None = None, *, null: bool = False) -> Iterator[Input]:
@@ -128,6 +127,16 @@ def stdin_paths(stdin: IO[Any], *, null: bool = False) -> Iterator[str | Input]:
             skipping, buf = True, b""
     if buf and not skipping:
         yield os.fsdecode(buf if null else buf.rstrip(b"\r"))
+
+
+def _special_file_problem(path: str) -> str:
+    """Why an entry that is neither a folder nor a regular file gets no decoding: its kind, or gone."""
+    from .reading import kind_problem
+
+    try:
+        return kind_problem(os.stat(path).st_mode) or "not a regular file"
+    except OSError:
+        return "no such file"  # a dangling symlink
 
 
 def _expand(path: str) -> Iterator[Input]:

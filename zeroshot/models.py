@@ -17,7 +17,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from .errors import ModelLoadError, UnsafeCheckpointError, UsageError
 
@@ -395,7 +395,7 @@ def _first_line(e: BaseException, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-class DownloadReport:
+class DownloadReport(Protocol):
     """What :func:`load_model` tells about each file it downloads (the CLI draws it; a library user
     may pass their own). ``start`` gets what (``org/repo/file``), the size in bytes when known and
     the folder it goes to; ``progress`` the bytes so far; ``end`` whether it completed."""
@@ -407,7 +407,7 @@ class DownloadReport:
     def end(self, ok: bool) -> None: ...
 
 
-class _Tracker(DownloadReport):
+class _Tracker:
     """Forwards to another report (if any) and remembers a download that did not complete."""
 
     def __init__(self, inner: DownloadReport | None) -> None:

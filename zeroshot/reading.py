@@ -67,18 +67,6 @@ def _grew(max_bytes: int) -> ImageError:
     return ImageError(f"too large: more than the --max-bytes limit of {max_bytes:,} bytes")
 
 
-def stat_problem(path: str, max_bytes: int | None) -> str | None:
-    """Why ``path`` cannot be read, decided on ``stat`` alone (nothing is opened); None if it may be."""
-    try:
-        st = os.stat(path)
-    except OSError as e:
-        return str(os_error(e))
-    problem = kind_problem(st.st_mode)
-    if problem is None and max_bytes and st.st_size > max_bytes:
-        problem = str(too_large(st.st_size, max_bytes))
-    return problem
-
-
 def _open_regular(path: str, max_bytes: int | None) -> int:
     """A file descriptor of a regular file within the cap, opened without blocking."""
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
