@@ -3,7 +3,7 @@
 Random weights (speed does not depend on their values), each model's own input size, fp32, batches
 of 16 preprocessed images already in memory: what decides images per second on a CPU (decoding
 a 640x480 JPEG costs ~6 ms a core, a tenth of the fastest model here). Prints one row per family,
-with parameters, input size and what the family needs beyond the default install.
+with image-tower parameters, input size and what the family needs beyond the default install.
 
     .venv/bin/python benchmarks/families.py [--batches 3] [--only ViT-B-32 ...]
 """
@@ -27,31 +27,35 @@ def main() -> None:
     args = parser.parse_args()
     import open_clip
     import torch
+    from open_clip.model import _build_vision_tower
 
-    from zeroshot.models import FAMILIES
+    from zeroshot.catalog import FAMILIES, needs_of
 
     print(machine())
     rows = []
-    for family, name, _tag, extra in FAMILIES:
-        needs = f"[{extra}]" if extra else "-"
+    for family, name, tag in FAMILIES:
+        needs = ", ".join(needs_of(name)) or "-"
         if args.only and name not in args.only:
             continue
         torch.manual_seed(0)
-        model = open_clip.create_model(name, pretrained=None).eval()
-        size = model.visual.image_size if hasattr(model.visual, "image_size") else 224
+        # The image tower alone: a Hugging Face text tower would need its config from the Hub.
+        cfg = open_clip.get_model_config(name)
+        quick_gelu = bool(cfg.get("quick_gelu") or (open_clip.get_pretrained_cfg(name, tag) or {}).get("quick_gelu"))
+        visual = _build_vision_tower(cfg["embed_dim"], cfg["vision_cfg"], quick_gelu=quick_gelu).eval()
+        size = visual.image_size if hasattr(visual, "image_size") else cfg["vision_cfg"].get("image_size", 224)
         size = size if isinstance(size, (tuple, list)) else (size, size)
-        params = sum(p.numel() for p in model.parameters()) / 1e6
+        params = sum(p.numel() for p in visual.parameters()) / 1e6
         batch = torch.randn(16, 3, *size)
         with torch.inference_mode():
-            model.encode_image(batch)  # warm-up
+            visual(batch)  # warm-up
             start = time.perf_counter()
             for _ in range(args.batches):
-                model.encode_image(batch)
+                visual(batch)
             rate = 16 * args.batches / (time.perf_counter() - start)
         rows.append([family, name, f"{params:.0f}M", f"{size[0]}x{size[1]}", needs, f"{rate:.1f}"])
         print(f"  {name}: {rate:.1f} images/s", file=sys.stderr)
-        del model
-    print(table(rows, ["family", "model", "params", "input", "needs", "images/s (image tower, fp32)"]))
+        del visual
+    print(table(rows, ["family", "model", "image params", "input", "needs", "images/s (image tower, fp32)"]))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ the softmax of ``logit_scale.exp()`` times the cosine similarities.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import sys
 import time
@@ -92,6 +93,7 @@ def main(argv: list[str]) -> None:
         if result.exit_code == 0 and not args.no_reference and not is_file:  # a file is compared with its tag
             entry["reference"] = reference(name, weights, args.images, args.label, args.preprocess, multi_label)
         results[item] = entry
+        gc.collect()  # a 2-billion-parameter model must be gone before the next is built
     for item in args.inspect:
         results[f"inspect:{item}"] = inspect(*item.split("=", 1))
     sys.stdout.write(json.dumps(results) + "\n")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import http.server
-import io
 import json
 import math
 import os
@@ -146,35 +145,43 @@ class StandInHub:
             headers = {"X-Error-Code": "EntryNotFound", "X-Repo-Commit": commit}
             self.send(req, 404, headers, b"Entry not found", body)
             return
-        data = path.read_bytes()
-        etag = hashlib.sha256(data).hexdigest()
+        size = path.stat().st_size
+        # The Hub's ETag of a large file is its sha256; any stable id of the content does for a
+        # client, and hashing gigabytes on every HEAD would cost more than serving them.
+        etag = hashlib.sha256(f"{repo}/{name}:{size}:{path.stat().st_mtime_ns}".encode()).hexdigest()
         headers = {"X-Repo-Commit": commit, "ETag": f'"{etag}"', "Accept-Ranges": "bytes"}
         start = 0
         rng = req.headers.get("Range")
         if rng and rng.startswith("bytes=") and rng[6:].split("-")[0].isdigit():
-            start = int(rng[6:].split("-")[0])
+            start = min(int(rng[6:].split("-")[0]), size)
         if body and not self.broken.get((repo, name)) and (repo, name) in self.failing:
             self.send(req, 500, {"X-Repo-Commit": commit}, b"Internal Error", body)
             return
-        if body and self.broken.get((repo, name)):
+        cut = bool(body and self.broken.get((repo, name)))
+        if cut:
             self.broken[(repo, name)] -= 1
-            req.send_response(206 if start else 200)
-            if start:
-                headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
-            for k, v in {**headers, "Content-Length": str(len(data) - start)}.items():
-                req.send_header(k, v)
-            req.end_headers()
-            req.wfile.write(data[start : start + (len(data) - start) // 2])
+        req.send_response(206 if start else 200)
+        if start:
+            headers["Content-Range"] = f"bytes {start}-{size - 1}/{size}"
+        for k, v in {**headers, "Content-Length": str(size - start)}.items():
+            req.send_header(k, v)
+        req.end_headers()
+        if not body:
+            return
+        with _suppress(), path.open("rb") as f:  # streamed: a model file may be gigabytes
+            f.seek(start)
+            left = (size - start) // 2 if cut else size - start
+            while left > 0:
+                chunk = f.read(min(left, 1 << 20))
+                if not chunk:
+                    break
+                req.wfile.write(chunk)
+                left -= len(chunk)
             req.wfile.flush()
+        if cut:  # a dropped connection half-way through the file
             req.close_connection = True
             with _suppress():
                 req.connection.shutdown(2)
-            return
-        if start:
-            headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
-            self.send(req, 206, headers, data[start:], body)
-        else:
-            self.send(req, 200, headers, data, body)
 
     @staticmethod
     def send(req: Any, code: int, headers: dict[str, str], data: bytes, body: bool) -> None:
@@ -205,20 +212,28 @@ def hub_env(hub: StandInHub, hf_home: Path) -> dict[str, str]:
     return env
 
 
-def random_state(name: str, tag: str | None = None, seed: int = 0) -> dict[str, Any]:
+def random_state(name: str, tag: str | None = None, seed: int = 0, hub: StandInHub | None = None) -> dict[str, Any]:
     """A random-weights state dict of the architecture ``name`` (with the tag's QuickGELU setting),
     in fp16 (half the bytes; every loader reads the same values), with a sharp learned temperature.
 
     The model is built on the meta device (no memory, no initialisation: seconds saved per model)
     and each entry filled from a seeded generator: small normal weights, batch-norm variances of 1.
+    A Hugging Face text tower is built from the ``config.json`` published on ``hub`` (read from its
+    folder: this process has no ``HF_ENDPOINT``).
     """
     import open_clip
     import torch
 
     cfg = open_clip.get_pretrained_cfg(name, tag) if tag else {}
+    kwargs: dict[str, Any] = {}
+    text = open_clip.get_model_config(name)["text_cfg"]
+    if "hf_model_name" in text:
+        assert hub is not None, f"{name} has a Hugging Face text tower: publish its config on a hub first"
+        local = str(hub.root / text["hf_model_name"])
+        kwargs["text_cfg"] = {**text, "hf_model_name": local, "hf_model_pretrained": False}
     with torch.device("meta"):
         model = open_clip.create_model(
-            name, pretrained=None, force_quick_gelu=bool(cfg.get("quick_gelu")), device="meta"
+            name, pretrained=None, force_quick_gelu=bool(cfg.get("quick_gelu")), device="meta", **kwargs
         )
     gen = torch.Generator().manual_seed(seed)
     # One pool of normal values, read from a random offset per entry: drawing hundreds of millions
@@ -247,18 +262,19 @@ def publish_tag(hub: StandInHub, name: str, tag: str, seed: int = 0) -> tuple[st
     torch pickle of tensors, whose ``.safetensors`` twin is then absent: a 404 with the commit)."""
     import open_clip
     import torch
-    from safetensors.torch import save
+    from safetensors.torch import save_file
 
     cfg = open_clip.get_pretrained_cfg(name, tag)
     repo, filename = os.path.split(cfg["hf_hub"])
-    state = random_state(name, tag, seed)
-    if not filename or filename.endswith(".safetensors"):
-        filename = filename or "open_clip_model.safetensors"
-        hub.put(repo, filename, save(state))
+    publish_text_tower(hub, name)
+    state = random_state(name, tag, seed, hub)
+    target = hub.root / repo / (filename or "open_clip_model.safetensors")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.suffix == ".safetensors":
+        save_file(state, str(target))
     else:
-        buf = io.BytesIO()
-        torch.save(state, buf)
-        hub.put(repo, filename, buf.getvalue())
+        torch.save(state, target)
+    filename = target.name
     hub.put(repo, "README.md", f"random weights standing in for {name} ({tag})\n".encode())
     # As open_clip's push_to_hf_hub writes it: what ``hf-hub:`` and ``local-dir:`` loading reads.
     preprocess = {k: cfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in cfg}
@@ -274,28 +290,50 @@ CORPUS = [
 ]  # fmt: skip
 
 
+ROBERTA_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>"]  # ids 0-3, as in RoBERTa, XLM-R, XLM-V and NLLB
+
+
+def tokenizer_kind(repo: str) -> str:
+    """Which kind of vocabulary the real repository holds."""
+    if repo.startswith(("xlm-roberta", "facebook/xlm-v", "facebook/nllb")):
+        return "xlmr"
+    if repo.startswith("roberta"):
+        return "bytelevel"
+    if "bert" in repo:
+        return "wordpiece"
+    return "sentencepiece"
+
+
 def tokenizer_files(kind: str, context: int) -> dict[str, bytes]:
     """A small tokenizer of the given kind, trained here with the ``tokenizers`` library, as the
     files ``transformers.AutoTokenizer`` reads: ``tokenizer.json`` and ``tokenizer_config.json``.
 
     ``sentencepiece``: a Unigram model with T5's special tokens and an end-of-text token appended
     (SigLIP's vocabularies); ``wordpiece``: BERT-style, lower-cased, ``[CLS] ... [SEP]`` (CLIPA's
-    ``bert-base-uncased``). Small vocabularies: the ids stay inside any real model's embedding.
+    ``bert-base-uncased``); ``xlmr``: Unigram with ``<s> ... </s>`` and RoBERTa's special ids (XLM-R,
+    XLM-V, NLLB); ``bytelevel``: byte-level BPE with the same specials (RoBERTa). Small vocabularies:
+    the ids stay inside any real model's embedding.
     """
     import json
 
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
-    if kind == "sentencepiece":
-        specials = ["<pad>", "</s>", "<unk>"]
+    if kind in ("sentencepiece", "xlmr"):
+        specials = ["<pad>", "</s>", "<unk>"] if kind == "sentencepiece" else ROBERTA_SPECIALS
         tok = Tokenizer(models.Unigram())
         tok.pre_tokenizer = pre_tokenizers.Metaspace()
         tok.decoder = decoders.Metaspace()
         trainer = trainers.UnigramTrainer(vocab_size=200, special_tokens=specials, unk_token="<unk>")
         tok.train_from_iterator(CORPUS, trainer)
-        tok.post_processor = processors.TemplateProcessing(
-            single="$A </s>", special_tokens=[("</s>", tok.token_to_id("</s>"))]
-        )
+        config = {"pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>"}
+    elif kind == "bytelevel":
+        specials = ROBERTA_SPECIALS
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=specials,
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # fmt: skip
+        tok.train_from_iterator(CORPUS, trainer)
         config = {"pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>"}
     elif kind == "wordpiece":
         specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -312,6 +350,16 @@ def tokenizer_files(kind: str, context: int) -> dict[str, bytes]:
                   "mask_token": "[MASK]", "do_lower_case": True}  # fmt: skip
     else:
         raise ValueError(kind)
+    if kind == "sentencepiece":
+        tok.post_processor = processors.TemplateProcessing(
+            single="$A </s>", special_tokens=[("</s>", tok.token_to_id("</s>"))]
+        )
+    elif kind in ("xlmr", "bytelevel"):
+        assert [tok.token_to_id(t) for t in specials] == [0, 1, 2, 3]
+        tok.post_processor = processors.TemplateProcessing(
+            single="<s> $A </s>", special_tokens=[("<s>", 0), ("</s>", 2)]
+        )
+        config["bos_token"] = "<s>"
     config.update({"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": context})
     return {"tokenizer.json": tok.to_str().encode(), "tokenizer_config.json": json.dumps(config).encode()}
 
@@ -324,7 +372,38 @@ def publish_tokenizer(hub: StandInHub, name: str) -> str | None:
     repo = text.get("hf_tokenizer_name")
     if not repo:
         return None
-    kind = "wordpiece" if "bert" in repo and "roberta" not in repo else "sentencepiece"
-    for filename, data in tokenizer_files(kind, int(text.get("context_length") or 77)).items():
+    for filename, data in tokenizer_files(tokenizer_kind(repo), int(text.get("context_length") or 77)).items():
         hub.put(repo, filename, data)
+    return repo
+
+
+# Hugging Face text towers as ``config.json`` files: the real model classes, scaled down (two layers,
+# 64 wide) so that a test builds and runs them in moments; special-token ids as the tokenizers above.
+TEXT_TOWERS: dict[str, dict[str, Any]] = {
+    "roberta": {"model_type": "roberta", "architectures": ["RobertaModel"]},
+    "xlm-roberta": {"model_type": "xlm-roberta", "architectures": ["XLMRobertaModel"]},
+    "nllb": {
+        "model_type": "m2m_100", "architectures": ["M2M100ForConditionalGeneration"], "d_model": 64,
+        "encoder_layers": 2, "decoder_layers": 1, "encoder_attention_heads": 2, "decoder_attention_heads": 2,
+        "encoder_ffn_dim": 128, "decoder_ffn_dim": 128, "scale_embedding": True, "is_encoder_decoder": True,
+        "decoder_start_token_id": 2,
+    },
+}  # fmt: skip
+BERT_LIKE = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 128,
+             "type_vocab_size": 1, "layer_norm_eps": 1e-5}  # fmt: skip
+
+
+def publish_text_tower(hub: StandInHub, name: str) -> str | None:
+    """The ``config.json`` of the Hugging Face text tower that ``name``'s config names, if any."""
+    import open_clip
+
+    text = open_clip.get_model_config(name)["text_cfg"]
+    repo = text.get("hf_model_name")
+    if not repo:
+        return None
+    family = "nllb" if "nllb" in repo else "xlm-roberta" if "xlm-roberta" in repo else "roberta"
+    config = {**({} if family == "nllb" else BERT_LIKE), **TEXT_TOWERS[family]}
+    # 77 tokens plus RoBERTa's offset of padding_idx + 1 in its position ids.
+    config.update(vocab_size=320, max_position_embeddings=128, pad_token_id=1, bos_token_id=0, eos_token_id=2)
+    hub.put(repo, "config.json", json.dumps(config).encode())
     return repo

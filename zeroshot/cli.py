@@ -895,17 +895,61 @@ def _calibrate(loaded: Any, text: Any, run: Any, path: Path) -> dict[str, Any]:
 @app.command()
 @handle_errors
 def models(
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON record per architecture.")] = False,
+    sort: Annotated[
+        str, typer.Option("--sort", help="model, family, params, size, gflops (smallest first) or top1 (best first).")
+    ] = "model",
+    family: Annotated[
+        str | None, typer.Option("--family", help="Only families whose name contains this (SigLIP, PE-Core, ...).")
+    ] = None,
+    untagged: Annotated[bool, typer.Option("--all", help="Also architectures without pretrained weights.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON record per model and tag, for scripts.")] = False,
 ) -> None:
-    """List open_clip architectures and their known pretrained tags."""
-    from .models import list_models
+    """Choose a model: family, parameters, input size, extra packages, published ImageNet top-1 and GFLOPs."""
+    from .catalog import RESULTS_SOURCE, SORT_KEYS, catalog, sort_rows
 
-    for name, tags, note in list_models():
-        if as_json:
-            _write_record({"model": name, "pretrained": tags, **({"description": note} if note else {})})
-        else:
-            sys.stdout.write(f"{name}\t{', '.join(tags) if tags else '-'}{chr(9) + note if note else ''}\n")
-    sys.stdout.flush()
+    if sort not in SORT_KEYS:
+        raise UsageError(f"--sort {sort}: use one of {', '.join(SORT_KEYS)}")
+    rows = catalog(untagged=untagged)
+    if family:
+        rows = [r for r in rows if family.lower() in r.family.lower()]
+        if not rows:
+            raise UsageError(f"no family matches '{family}'; `zeroshot models` lists them")
+    rows = sort_rows(rows, sort) if sort != "model" else rows
+    if as_json:
+        for row in rows:
+            _write_record(row.record())
+        sys.stdout.flush()
+        return
+
+    def cell(value: float | int | None, fmt: str) -> str:
+        return "-" if value is None else format(value, fmt)
+
+    columns = ("model", "pretrained", "family", "params (M)", "input", "GFLOPs", "ImageNet top-1", "needs")
+    table_rows = [
+        (r.model, r.pretrained or "-", r.family, cell(r.params_m, ".1f"), cell(r.image_size, "d"),
+         cell(r.gflops, ".1f"), cell(r.imagenet_top1 and 100 * r.imagenet_top1, ".1f"), ", ".join(r.needs) or "-")
+        for r in rows
+    ]  # fmt: skip
+    if not sys.stdout.isatty():  # tab-separated lines for pipes and pagers
+        for line in [columns, *table_rows]:
+            sys.stdout.write("\t".join(line) + "\n")
+        sys.stdout.flush()
+        return
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=f"{len(rows)} models (zeroshot classify -m MODEL -p PRETRAINED)")
+    for i, name in enumerate(columns):
+        table.add_column(name, justify="right" if 3 <= i <= 6 else "left")
+    for line in table_rows:
+        table.add_row(*(escape(c) for c in line))
+    table.caption = (
+        f"ImageNet top-1 and GFLOPs as published in {RESULTS_SOURCE} ('-': not published there); "
+        "params counted from open_clip's configs. 'transformers, sentencepiece': pip install 'transformers>=4.40' "
+        "'sentencepiece>=0.2'"
+    )
+    Console().print(table)
 
 
 @app.command()
@@ -1014,6 +1058,9 @@ def cache_cmd(
 def main() -> None:
     """Console-script entry point."""
     signal.signal(signal.SIGTERM, _on_sigterm)
+    from .models import defer_transformers
+
+    defer_transformers()
     app(prog_name="zeroshot")
 
 
