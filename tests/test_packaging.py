@@ -43,15 +43,19 @@ def test_wheel_contains_packs_and_they_load_outside_the_checkout(tmp_path):
     for pack in ("cifar10", "cifar100", "imagenet", "default"):
         assert f"zeroshot/prompt_packs/{pack}.yaml" in names
     assert any(n.endswith("entry_points.txt") for n in names)
+    assert {"zeroshot/tables/openclip_results.csv", "zeroshot/tables/architectures.csv"} <= set(names)  # models
     target = tmp_path / "site"
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--no-deps", "--quiet", "--target", str(target), str(wheel)],
         check=True,
         capture_output=True,
     )
-    code = "import zeroshot.prompts as p; print(p.pack_dir()); print(len(p.load_pack('imagenet').classes))"
+    code = (
+        "import zeroshot.prompts as p, zeroshot.catalog as c; print(p.pack_dir()); "
+        "print(len(p.load_pack('imagenet').classes)); print(len(c.counted_params()) > 100, len(c.published()[0]))"
+    )
     env = {**os.environ, "PYTHONPATH": str(target)}
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, check=True
     ).stdout.split()
-    assert out[0].startswith(str(target)) and out[1] == "1000"
+    assert out[0].startswith(str(target)) and out[1:] == ["1000", "True", "121"]
