@@ -157,7 +157,7 @@ def main() -> None:
     precision = resolve_precision(args.precision, args.device)
     loaded = load_model(spec, args.device, precision)
     prompt_set = resolve_prompt_set(dataset="cifar10")
-    text = get_text_classifier(spec, prompt_set, lambda: loaded, use_cache=False, device=args.device)
+    text = get_text_classifier(spec, prompt_set, lambda: loaded, use_cache=False)
     print(f"# {machine()}")
     print(f"# {args.model} {precision} on {args.device}, {len(paths)} JPEGs 640x480, batch {args.batch_size}")
 

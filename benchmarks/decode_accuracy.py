@@ -51,7 +51,7 @@ def main() -> None:
     spec = resolve_spec("fashion-mini")
     loaded = load_model(spec, "cpu")
     prompt_set = resolve_prompt_set(dataset="fashion-mnist")
-    text = get_text_classifier(spec, prompt_set, lambda: loaded, use_cache=False, device="cpu")
+    text = get_text_classifier(spec, prompt_set, lambda: loaded, use_cache=False)
     classes = list(prompt_set.classes)
 
     def run(**opts: object) -> list[dict]:

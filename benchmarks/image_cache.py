@@ -54,8 +54,8 @@ def main() -> None:
     spec = resolve_spec(args.model, ckpt)
     loaded = load_model(spec, "cpu")
     first_set, new_set = resolve_prompt_set(dataset="cifar10"), resolve_prompt_set(dataset="cifar100")
-    first_text = get_text_classifier(spec, first_set, lambda: loaded, device="cpu")
-    new_text = get_text_classifier(spec, new_set, lambda: loaded, device="cpu")
+    first_text = get_text_classifier(spec, first_set, lambda: loaded)
+    new_text = get_text_classifier(spec, new_set, lambda: loaded)
     print(f"# {machine()}")
     print(f"# {args.model} on cpu, {len(paths)} JPEGs 640x480")
 

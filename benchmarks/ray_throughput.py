@@ -48,7 +48,7 @@ def main() -> None:
     spec = resolve_spec(args.model, str(random_checkpoint(args.work, args.model)))
     device = resolve_device("auto")
     loaded = load_model(spec, device)
-    text = get_text_classifier(spec, load_pack("cifar10"), lambda: loaded, device=device)  # noqa: B023
+    text = get_text_classifier(spec, load_pack("cifar10"), lambda: loaded)  # noqa: B023
     cores = len(os.sched_getaffinity(0))
     print(f"# {machine()}")
     print(f"# {args.model}, {args.images} JPEGs 640x480, batch {args.batch_size}, cifar10 labels")

@@ -91,7 +91,7 @@ def main() -> None:
     for _ in range(7):
         with Timer() as warm:
             ps = resolve_prompt_set(dataset="imagenet")
-            hit = get_text_classifier(spec, ps, lambda: (_ for _ in ()).throw(AssertionError("miss")), device="cpu")
+            hit = get_text_classifier(spec, ps, lambda: (_ for _ in ()).throw(AssertionError("miss")))
         assert hit.cache_hit
         times.append(warm.seconds)
     rows.append(["warm text side, imagenet (pack + cache hit), median of 7",

@@ -112,3 +112,32 @@ def run_cli(*args: str, stdin: str | None = None, env_extra: dict | None = None,
         cwd=cwd,
         timeout=timeout,
     )
+
+
+def invoke(*args, input=None):
+    """The CLI run in this process by Typer's runner; arguments may be paths or numbers."""
+    from typer.testing import CliRunner
+
+    from zeroshot.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args], input=input)
+
+
+@pytest.fixture(scope="session")
+def vit(checkpoint):
+    """The random-weights ViT-S-32 checkpoint (:data:`ARCH`), loaded once for the session."""
+    from zeroshot.models import load_model, resolve_spec
+
+    return load_model(resolve_spec(ARCH, str(checkpoint)))
+
+
+@pytest.fixture
+def fake_model(monkeypatch):
+    """Every model load in this process gets :mod:`tests.fakes`' fake model (nothing downloaded,
+    nothing built); returns the model arguments a command needs."""
+    from zeroshot import models
+
+    from .fakes import fake_loader
+
+    monkeypatch.setattr(models, "load_model", fake_loader)
+    return ["-m", "ViT-B-32", "-p", "openai", "--no-cache", "--workers", "0"]

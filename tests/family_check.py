@@ -100,8 +100,8 @@ def main(argv: list[str]) -> None:
 
 
 def inspect(name: str, tag: str) -> dict:
-    from zeroshot.classifier import prefix_shareable, trimmable
     from zeroshot.models import load_model, resolve_spec
+    from zeroshot.texttower import prefix_shareable, trimmable
 
     loaded = load_model(resolve_spec(name, tag))
     tok = loaded.tokenizer

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from zeroshot.classifier import encode_prompt_set, text_cache_key
 from zeroshot.cli import app
 from zeroshot.errors import PromptError
-from zeroshot.models import load_model, resolve_spec
+from zeroshot.models import resolve_spec
 from zeroshot.prompts import ClassPrompts, PromptSet, load_pack_file, resolve_prompt_set
 
 from .conftest import ARCH
@@ -46,11 +46,6 @@ EXPECTED = {
     ],
     "kite": ["a kite flying high on a string.", "a colourful kite in the sky."],
 }  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def vit(checkpoint):
-    return load_model(resolve_spec(ARCH, str(checkpoint)))
 
 
 @pytest.fixture

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import shutil
@@ -10,21 +12,14 @@ import sys
 
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
-from zeroshot.cli import app
-
-from .conftest import ARCH, DATA, make_image, run_cli
+from .conftest import ARCH, DATA, invoke, make_image, run_cli
 
 LABELS = ["cat", "dog", "car"]
 
 
 def model_args(checkpoint):
     return ["-m", ARCH, "-p", str(checkpoint), *sum((["--label", x] for x in LABELS), [])]
-
-
-def invoke(*args, input=None):
-    return CliRunner().invoke(app, list(args), input=input)
 
 
 def parse(stdout):
@@ -179,3 +174,22 @@ def test_symlink_loop_in_a_folder_is_walked_once(checkpoint, tmp_path):
     paths = [r["path"] for r in parse(result.stdout)]
     # b.png is reached through 'self' (sorted before 'sub'), and the loops are not followed again.
     assert paths == [str(root / "a.png"), str(root / "self" / "b.png")]
+
+
+def test_options_and_records_with_a_fake_model(fake_model, tmp_path):
+    """Options end to end in a second: the fake model scores an image by its colour."""
+    from .fakes import COLOURS
+
+    paths = []
+    for name, rgb in (("r", (250, 10, 10)), ("g", (10, 250, 10)), ("b", (10, 10, 250))):
+        Image.new("RGB", (20, 12), rgb).save(tmp_path / f"{name}.png")
+        paths.append(str(tmp_path / f"{name}.png"))
+    labels = [a for c in COLOURS for a in ("--label", c)]
+    records = parse(invoke("classify", *paths, *labels, *fake_model, "-k", "2").stdout)
+    assert [r["label"] for r in records] == list(COLOURS)
+    assert all(len(r["top_k"]) == 2 and r["score"] > 0.9 for r in records)
+    table = invoke("classify", *paths, *labels, *fake_model, "-f", "csv", "--min-score", "0.999")
+    rows = list(csv.DictReader(io.StringIO(table.stdout)))
+    assert [row["path"] for row in rows] == paths and all(row["label"] == "" for row in rows)
+    multi = parse(invoke("classify", paths[0], *labels, *fake_model, "--multi-label", "--threshold", "0.5").stdout)
+    assert multi[0]["labels"] == ["red"]

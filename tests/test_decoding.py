@@ -27,10 +27,11 @@ from zeroshot.classifier import get_text_classifier
 from zeroshot.decoding import FileDecoder, Jpeg, StandardPilStage, processes_usable, split_preprocess, to_model_input
 from zeroshot.images import Input, open_image
 from zeroshot.models import BUNDLED_NAME, load_model, resolve_spec
-from zeroshot.pipeline import DecodeOptions, classify_inputs, decode_stream
+from zeroshot.pipeline import DecodeOptions, classify_inputs
+from zeroshot.streams import decode_stream
 from zeroshot.tensordecode import BatchJpegDecoder, orient
 
-from .conftest import ARCH, make_image
+from .conftest import make_image
 
 MEAN, STD = open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD
 
@@ -81,8 +82,8 @@ def test_only_pillow_only_stages_go_to_processes():
 
 
 @pytest.fixture(scope="module")
-def vit(checkpoint):
-    loaded = load_model(resolve_spec(ARCH, str(checkpoint)))
+def vit_text(vit):
+    loaded = vit
     text = get_text_classifier(
         loaded.spec, resolve_prompt_set(labels=["red", "green", "blue", "grey"]), lambda: loaded, use_cache=False
     )
@@ -115,27 +116,27 @@ def mixed(tmp_path_factory):
     return [str(p) for p in paths]
 
 
-def run(vit, paths, **opts):
-    loaded, text = vit
+def run(vit_text, paths, **opts):
+    loaded, text = vit_text
     inputs = [Input(p) if os.path.lexists(p) else Input(p, error="no such file") for p in paths]
     return list(classify_inputs(loaded, text, inputs, batch_size=4, options=DecodeOptions(**opts)))
 
 
-def test_process_thread_and_inline_decoding_agree_exactly(vit, mixed):
-    ref = run(vit, mixed, workers=0)
+def test_process_thread_and_inline_decoding_agree_exactly(vit_text, mixed):
+    ref = run(vit_text, mixed, workers=0)
     assert [r["path"] for r in ref] == mixed
     assert sum("error" in r for r in ref) == 3
     for opts in [dict(workers=2, worker_kind="process"), dict(workers=2, worker_kind="thread"), dict(workers=1)]:
-        assert run(vit, mixed, **opts) == ref, opts
+        assert run(vit_text, mixed, **opts) == ref, opts
 
 
-def test_records_equal_plain_open_clip_preprocessing(vit, mixed):
-    loaded, text = vit
-    good = [r for r in run(vit, mixed, workers=2) if "error" not in r]
+def test_records_equal_plain_open_clip_preprocessing(vit_text, mixed):
+    loaded, text = vit_text
+    good = [r for r in run(vit_text, mixed, workers=2) if "error" not in r]
     batch = torch.stack([loaded.preprocess(open_image(r["path"])) for r in good])
     with torch.no_grad():
         feats = torch.nn.functional.normalize(loaded.model.encode_image(batch), dim=-1)
-        probs = (loaded.logit_scale * feats @ text.weights.T).softmax(dim=-1)
+        probs = (loaded.logit_scale * feats @ text.tensor().T).softmax(dim=-1)
     for r, p in zip(good, probs, strict=True):
         assert abs(r["score"] - float(p.max())) < 1e-6
 
@@ -206,9 +207,9 @@ def test_batched_decoder_pixels_close_to_pillow(mixed):
         assert diff.mean() < 1.5 and np.percentile(diff, 99) <= 8  # a wrong orientation or crop is ~60 off
 
 
-def test_batched_decoder_scores_close_to_pillow(vit, mixed):
-    pillow = run(vit, mixed, workers=1, decoder="pillow")
-    batched = run(vit, mixed, workers=1, decoder="batched")
+def test_batched_decoder_scores_close_to_pillow(vit_text, mixed):
+    pillow = run(vit_text, mixed, workers=1, decoder="pillow")
+    batched = run(vit_text, mixed, workers=1, decoder="batched")
     assert [r["path"] for r in batched] == mixed
     for a, b in zip(pillow, batched, strict=True):
         assert ("error" in a) == ("error" in b)

@@ -8,12 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from zeroshot.cli import app
 from zeroshot.export import ClassifierFileError, load_classifier
 
-from .conftest import ARCH
+from .conftest import ARCH, invoke
 
 PACK = """\
 name: pets-and-more
@@ -30,10 +28,6 @@ templates:
 - a photo of a {label}.
 - a drawing of the {label}.
 """
-
-
-def invoke(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 @pytest.fixture

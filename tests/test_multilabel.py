@@ -11,27 +11,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from typer.testing import CliRunner
 
 from zeroshot.calibration import expected_calibration_error, fit_platt, load_calibration
 from zeroshot.classifier import encode_prompt_set, multilabel_rule
-from zeroshot.cli import app
 from zeroshot.models import BUNDLED_NAME, load_model, resolve_spec
 from zeroshot.prompts import PromptSet, load_pack
 from zeroshot.ranking import MultiLabel, multilabel_records, multilabel_scores
 
-from .conftest import ARCH
+from .conftest import ARCH, invoke
 
 LABELS = ["tabby cat", "red car", "green tree", "blue sky"]
-
-
-def invoke(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
-@pytest.fixture(scope="module")
-def vit(checkpoint):
-    return load_model(resolve_spec(ARCH, str(checkpoint)))
 
 
 def test_scores_follow_their_documented_formulas():

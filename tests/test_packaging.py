@@ -44,6 +44,7 @@ def test_wheel_contains_packs_and_they_load_outside_the_checkout(tmp_path):
         assert f"zeroshot/prompt_packs/{pack}.yaml" in names
     assert any(n.endswith("entry_points.txt") for n in names)
     assert {"zeroshot/tables/openclip_results.csv", "zeroshot/tables/architectures.csv"} <= set(names)  # models
+    assert {"zeroshot/cli/__init__.py", "zeroshot/cli/classify.py"} <= set(names)  # the command line
     target = tmp_path / "site"
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--no-deps", "--quiet", "--target", str(target), str(wheel)],
@@ -51,7 +52,7 @@ def test_wheel_contains_packs_and_they_load_outside_the_checkout(tmp_path):
         capture_output=True,
     )
     code = (
-        "import zeroshot.prompts as p, zeroshot.catalog as c; print(p.pack_dir()); "
+        "import zeroshot.prompts as p, zeroshot.catalog as c, zeroshot.cli; print(p.pack_dir()); "
         "print(len(p.load_pack('imagenet').classes)); print(len(c.counted_params()) > 100, len(c.published()[0]))"
     )
     env = {**os.environ, "PYTHONPATH": str(target)}

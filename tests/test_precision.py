@@ -34,6 +34,6 @@ def test_bf16_is_close_to_fp32_and_cached_separately(checkpoint, image_dir):
 def test_unknown_precision_is_a_usage_error(checkpoint, image_dir):
     result = CliRunner().invoke(app, ["build-prompts", "--label", "x", "-m", ARCH, "-p", str(checkpoint),
                                       "--precision", "fp8"])  # fmt: skip
-    assert result.exit_code == 2 and "--precision fp8" in result.stderr
+    assert result.exit_code == 2 and "--precision" in result.stderr and "fp8" in result.stderr
     ok = CliRunner().invoke(app, ["build-prompts", "--label", "x", "-m", ARCH, "-p", str(checkpoint)])
     assert json.loads(ok.stdout)["precision"] == "fp32"

@@ -11,20 +11,14 @@ import subprocess
 
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
-from zeroshot.cli import app
 from zeroshot.models import BUNDLED_NAME
 from zeroshot.prompts import load_pack
 
-from .conftest import make_image
+from .conftest import invoke, make_image
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 HOSTILE = '<img src=x onerror="alert(1)">&.png'
-
-
-def invoke(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 def data_images(html: str) -> list[Image.Image]:

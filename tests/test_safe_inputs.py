@@ -24,22 +24,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
 from zeroshot import cache
-from zeroshot.cli import app
 from zeroshot.models import BUNDLED_NAME
 from zeroshot.reading import fetch_url, read_file
 
-from .conftest import ARCH, make_image
+from .conftest import ARCH, invoke, make_image
 
 LABELS = ["t-shirt", "trouser", "bag", "sneaker"]
 MODEL = ["--model", BUNDLED_NAME] + [a for label in LABELS for a in ("--label", label)]
 CAP = 200_000  # --max-bytes for these runs: above every good image here, below the "over" file
-
-
-def invoke(*args, input=None):
-    return CliRunner().invoke(app, [str(a) for a in args], input=input)
 
 
 def records_of(stdout: str) -> list[dict]:

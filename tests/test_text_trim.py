@@ -6,12 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from zeroshot.classifier import encode_prompt_set, encode_texts, prefix_shareable, trimmable
+from zeroshot.classifier import encode_prompt_set, encode_texts
 from zeroshot.errors import PromptError
 from zeroshot.models import BUNDLED_NAME, load_model, resolve_spec
 from zeroshot.prompts import PromptSet, load_pack
-
-from .conftest import ARCH
+from zeroshot.texttower import prefix_shareable, trimmable
 
 TEXTS = [
     "a",
@@ -21,11 +20,6 @@ TEXTS = [
     "a photo of a dog.",
     "",
 ]
-
-
-@pytest.fixture(scope="module")
-def vit(checkpoint):
-    return load_model(resolve_spec(ARCH, str(checkpoint)))
 
 
 @pytest.mark.parametrize("which", ["vit", "fashion"])

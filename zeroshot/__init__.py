@@ -14,11 +14,16 @@ Importing this package does not import torch; loading a model does.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Iterator
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .errors import ModelLoadError, PromptError, UsageError, ZeroshotError
 from .prompts import PromptSet, load_pack, resolve_prompt_set
+
+if TYPE_CHECKING:
+    from .ranking import Record
 
 __version__ = "0.1.0"
 
@@ -46,18 +51,31 @@ class Zeroshot:
         precision: str = "auto",
         preprocess: str | None = None,
     ) -> None:
-        from .models import load_model, resolve_device, resolve_precision, resolve_spec
+        from .assembly import ModelChoice, prepare_model
 
-        self.spec = resolve_spec(model, pretrained, preprocess)
-        self.device = resolve_device(device)
-        self.precision = resolve_precision(precision, self.device)
-        self.loaded = load_model(self.spec, self.device, self.precision)
+        self.choice = ModelChoice(model, pretrained, preprocess, device, precision)
+        self.loaded = prepare_model(self.choice)
+        self.spec, self.device, self.precision = self.loaded.spec, self.loaded.device, self.loaded.precision
 
-    def text_classifier(self, prompt_set: PromptSet, *, use_cache: bool = True) -> Any:
-        """The :class:`~zeroshot.classifier.TextClassifier` for ``prompt_set`` (cached on disk)."""
-        from .classifier import get_text_classifier
+    def text_classifier(
+        self, prompt_set: PromptSet | None = None, *, classifier_file: Any = None, use_cache: bool = True
+    ) -> Any:
+        """The :class:`~zeroshot.classifier.TextClassifier` for ``prompt_set`` (cached on disk), or
+        the one a classifier file holds (``classify --classifier``: a path or a loaded
+        :class:`~zeroshot.export.ClassifierFile`, checked against this model)."""
+        from .assembly import prepare
 
-        return get_text_classifier(self.spec, prompt_set, lambda: self.loaded, use_cache=use_cache, device=self.device)
+        if isinstance(classifier_file, str | os.PathLike):
+            from .export import load_classifier
+
+            classifier_file = load_classifier(Path(classifier_file))
+        if classifier_file is not None:
+            from .export import check_model
+
+            check_model(classifier_file, self.spec)
+        return prepare(
+            self.choice, prompt_set, classifier_file=classifier_file, use_cache=use_cache, loaded=self.loaded
+        ).text
 
     def classify(
         self,
@@ -72,35 +90,41 @@ class Zeroshot:
         max_bytes: int | None = None,
         timeout: float | None = None,
         image_cache: Any = None,
+        max_pixels: int | None = None,
         multi_label: bool = False,
         threshold: float = 0.5,
+        background: str | None = None,
         calibration: Any = None,
-    ) -> Iterator[dict[str, Any]]:
+        min_score: float | None = None,
+    ) -> Iterator[Record]:
         """One record per path (files or folders), in order, as the CLI prints them.
 
         ``workers``, ``decoder`` and ``jpeg_draft`` are the CLI's ``--workers``, ``--decoder`` and
         ``--jpeg-draft``; ``max_bytes`` and ``timeout`` the CLI's ``--max-bytes`` and ``--timeout``
         (None: their defaults; paths may be ``http(s)://`` URLs); ``image_cache`` an
         :class:`~zeroshot.imagecache.ImageEmbeddingCache`.
-        ``multi_label``/``threshold``/``calibration`` (a :class:`~zeroshot.calibration.Calibration`
-        or a path to one) are ``--multi-label``, ``--threshold`` and ``--calibration``.
+        ``max_pixels`` is ``--max-pixels`` (None: its default; 0: no limit).
+        ``multi_label``/``threshold``/``background``/``calibration`` (a
+        :class:`~zeroshot.calibration.Calibration` or a path to one) are ``--multi-label``,
+        ``--threshold``, ``--background`` and ``--calibration``; ``min_score`` is ``--min-score``.
         """
+        from .classifier import resolve_multilabel
         from .images import iter_inputs
+        from .output import apply_min_score
         from .pipeline import DecodeOptions, classify_inputs
 
         rule = None
         if multi_label or calibration is not None:
-            from .classifier import resolve_multilabel
-
             rule = resolve_multilabel(
-                self.spec, text.prompt_set, lambda: self.loaded, threshold=threshold, calibration=calibration
-            )
+                self.spec, text.prompt_set, lambda: self.loaded, threshold=threshold, background=background,
+                calibration=calibration,
+            )  # fmt: skip
         options = DecodeOptions(workers=workers, decoder=decoder, jpeg_draft=jpeg_draft)
-        if max_bytes is not None:
-            options.max_bytes = max_bytes
-        if timeout is not None:
-            options.timeout = timeout
-        return classify_inputs(
+        for name, value in (("max_bytes", max_bytes), ("timeout", timeout), ("max_pixels", max_pixels)):
+            if value is not None:
+                setattr(options, name, value)
+        records = classify_inputs(
             self.loaded, text, iter_inputs(paths), top_k=top_k, batch_size=batch_size,
             image_cache=image_cache, options=options, multi_label=rule,
         )  # fmt: skip
+        return (apply_min_score(record, min_score) for record in records)

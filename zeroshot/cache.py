@@ -15,13 +15,13 @@ import hashlib
 import json
 import os
 import struct
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import CacheError
+from .files import atomic_write_bytes as atomic_write_bytes
 
 FORMAT_VERSION = 1
 TEXT_SUBDIR = "text"
@@ -44,41 +44,6 @@ def cache_dir() -> Path:
 
 def hash_memo_dir() -> Path:
     return cache_dir() / HASH_SUBDIR
-
-
-def umask_mode() -> int:
-    """The mode a plainly created file gets (0o666 less the umask), for files made with mkstemp (0o600)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def atomic_write_bytes(path: Path, data: bytes, *, shared: bool = False) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the whole new one, never half.
-
-    ``shared``: give the file the usual permissions (umask), as for files the user hands on
-    (reports, exported classifiers); otherwise it stays private to the user (0o600), as cache files do.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        if shared:
-            os.fchmod(fd, umask_mode())
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):  # make the rename itself durable where the OS allows it
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
 
 
 _warned_unwritable = False

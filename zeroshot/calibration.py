@@ -17,11 +17,17 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from . import cache
+from . import cache, files
 from .errors import UsageError
-from .models import ModelSpec, model_label, weights_identity
+from .models import ModelSpec, model_label
+from .weightfiles import weights_identity
+
+if TYPE_CHECKING:
+    from .classifier import TextClassifier
+    from .evaluate import EvalRun
+    from .models import LoadedModel
 
 FORMAT = "zeroshot-multilabel-calibration"
 FORMAT_VERSION = 1
@@ -101,7 +107,7 @@ def save_calibration(path: str | Path, spec: ModelSpec, a: float, b: float, **in
         **info,
     }
     try:
-        cache.atomic_write_bytes(
+        files.atomic_write_bytes(
             Path(path), (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode(), shared=True
         )
     except OSError as e:
@@ -147,3 +153,32 @@ def check_calibration_model(cal: Calibration, spec: ModelSpec) -> None:
             f"calibration file {cal.path} was fitted for {cal.model_label}, but this run uses {spec.label}: "
             "fit one for this model with eval --calibrate"
         )
+
+
+def calibrate_on(run: EvalRun, loaded: LoadedModel, text: TextClassifier, path: str | Path) -> dict[str, Any]:
+    """Fit the multi-label calibration on an eval run (``eval --calibrate FILE``), write it to
+    ``path``, and say how well it fits: expected calibration error before and after."""
+    import torch.nn.functional as F
+
+    from .classifier import multilabel_rule
+    from .ranking import multilabel_scores
+
+    if len(run.labels) < 2 or len(text.classes) < 2:
+        raise UsageError("--calibrate needs at least 2 labelled images and 2 classes")
+    sims = run.sims(text)
+    a, b = fit_platt(sims, run.labels, init_scale=loaded.logit_scale)
+    present = F.one_hot(run.labels, len(text.classes)).bool()
+    before = multilabel_scores(run.feats, text.tensor(run.feats.device), loaded.logit_scale,
+                               multilabel_rule(loaded, text.prompt_set))  # fmt: skip
+    after = (a * sims + b).sigmoid()
+    info = {
+        "a": a,
+        "b": b,
+        "images": len(run.labels),
+        "classes": len(text.classes),
+        "ece_uncalibrated": expected_calibration_error(before, present),
+        "ece_calibrated": expected_calibration_error(after, present),
+    }
+    save_calibration(path, loaded.spec, a, b, fitted_on=run.record.get("dataset", ""), prompts=text.prompt_set.name,
+                     **{k: v for k, v in info.items() if k not in ("a", "b")})  # fmt: skip
+    return {"file": str(path), **info}

@@ -17,6 +17,7 @@ import csv
 import functools
 import sys
 from dataclasses import asdict, dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +72,19 @@ FAMILIES: tuple[tuple[str, str, str], ...] = (
 # SigLIP 2, XLM-R's, XLM-V's, NLLB's, mT5's); RoBERTa's byte-level BPE and BERT's WordPiece are not.
 SENTENCEPIECE_HINTS = ("SigLIP", "xlm-roberta", "xlm-v", "nllb", "mt5")
 
-SORT_KEYS = ("model", "family", "params", "size", "gflops", "top1")
+
+class SortKey(str, Enum):
+    """``zeroshot models --sort``: top1 best first; params, size and gflops smallest first."""
+
+    MODEL = "model"
+    FAMILY = "family"
+    PARAMS = "params"
+    SIZE = "size"
+    GFLOPS = "gflops"
+    TOP1 = "top1"
+
+
+SORT_KEYS = tuple(k.value for k in SortKey)
 
 
 @dataclass(frozen=True)
@@ -203,7 +216,8 @@ def count_parameters() -> list[tuple[str, float | None]]:
     import open_clip
     import torch
 
-    from .models import BUNDLED_NAME, _quiet_third_party, register_bundled
+    from .fastload import quiet_third_party
+    from .models import BUNDLED_NAME, register_bundled
 
     register_bundled()
     out: list[tuple[str, float | None]] = []
@@ -211,7 +225,7 @@ def count_parameters() -> list[tuple[str, float | None]]:
         if "hf_model_name" in open_clip.get_model_config(name).get("text_cfg", {}):
             out.append((name, None))
             continue
-        with _quiet_third_party(), torch.device("meta"):
+        with quiet_third_party(), torch.device("meta"):
             model = open_clip.create_model(name, pretrained=None, device="meta")
         out.append((name, round(sum(p.numel() for p in model.parameters()) / 1e6, 2)))
     return out
@@ -220,7 +234,7 @@ def count_parameters() -> list[tuple[str, float | None]]:
 def write_architectures(path: Path = ARCHITECTURES_FILE) -> None:
     import open_clip
 
-    from .cache import atomic_write_bytes
+    from .files import atomic_write_bytes
 
     lines = [
         f"# Parameters (millions) of every architecture of open_clip {open_clip.__version__}, counted by",

@@ -10,142 +10,49 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import cache
 from .errors import CacheError
-from .models import LoadedModel, ModelSpec, weights_identity
+from .models import LoadedModel, ModelSpec
 from .prompts import PromptSet
+from .texttower import encode_prefixed, encode_trimmed, prefix_shareable, shared_prefix_length, trimmable
+from .weightfiles import weights_identity
+
+if TYPE_CHECKING:
+    import numpy as np
 
 log = logging.getLogger("zeroshot")
 
 
 @dataclass
 class TextClassifier:
-    """Class embeddings for one prompt set and one model: ``weights`` is [num_classes, dim]."""
+    """Class embeddings for one prompt set and one model: ``weights`` is a float32 numpy array
+    [num_classes, dim] of unit rows, always (a cache hit needs no torch); :meth:`tensor` puts it on
+    a device for scoring."""
 
     prompt_set: PromptSet
-    weights: Any  # float32 [num_classes, dim]: a torch.Tensor on ``device``, or numpy when none was asked
+    weights: np.ndarray
     cache_path: Path | None
     cache_hit: bool
     seconds: float
+    _on: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def classes(self) -> tuple[str, ...]:
         return self.prompt_set.classes
 
+    def tensor(self, device: Any = "cpu") -> Any:
+        """The weights as a torch tensor on ``device`` (made once per device)."""
+        key = str(device)
+        if key not in self._on:
+            import torch
 
-def trimmable(model: Any) -> bool:
-    """Whether cutting the padding off a text batch leaves the embeddings unchanged.
-
-    True for open_clip's ``CLIP`` text tower: it is causal (each position attends only to earlier
-    ones) and reads the end-of-text position, so pad positions after the longest prompt cannot
-    influence the result. Towers without a causal mask or that pool differently (SigLIP, Hugging
-    Face text models in ``CustomTextCLIP``) are run padded.
-    """
-    import open_clip
-
-    return (
-        type(model) is open_clip.CLIP
-        and getattr(model, "attn_mask", None) is not None
-        and getattr(model, "text_pool_type", None) in ("argmax", "eos")
-        and getattr(model, "positional_embedding", None) is not None
-    )
-
-
-def _encode_trimmed(model: Any, tokens: Any) -> Any:
-    """``model.encode_text`` on tokens cut to their longest prompt (see :func:`trimmable`)."""
-    from open_clip.transformer import text_global_pool
-
-    length = int((tokens != 0).sum(dim=1).max())
-    tokens = tokens[:, :length]
-    cast_dtype = model.transformer.get_cast_dtype()
-    x = model.token_embedding(tokens).to(cast_dtype)
-    x = x + model.positional_embedding[:length].to(cast_dtype)
-    x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
-    x = model.ln_final(x)
-    x = text_global_pool(x, tokens, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
-    if model.text_projection is not None:
-        x = model.text_projection(x) if hasattr(model.text_projection, "weight") else x @ model.text_projection
-    return x
-
-
-def prefix_shareable(model: Any) -> bool:
-    """Whether prompts that start with the same tokens can share those tokens' computation.
-
-    In a causal tower the states of the first P positions depend only on the first P tokens, so a
-    template's prefix ("a photo of a") is the same for every class: run it once, and run only the
-    rest of each prompt with the prefix's per-layer states as extra keys and values. Needs the
-    plain open_clip block (``ResidualAttentionBlock`` with a plain batch-first
-    ``nn.MultiheadAttention``); anything else uses :func:`trimmable`'s path.
-    """
-    import torch
-    from open_clip.transformer import ResidualAttentionBlock
-
-    if not trimmable(model):
-        return False
-    blocks = list(getattr(model.transformer, "resblocks", []))
-    return bool(blocks) and all(
-        type(b) is ResidualAttentionBlock
-        and not hasattr(b, "ln_1_kv")
-        and type(b.attn) is torch.nn.MultiheadAttention
-        and b.attn.batch_first
-        and b.attn._qkv_same_embed_dim
-        and b.attn.in_proj_weight is not None
-        and b.attn.bias_k is None
-        and not b.attn.add_zero_attn
-        for b in blocks
-    )
-
-
-def _encode_prefixed(model: Any, prefix: Any, suffix: Any) -> Any:
-    """``model.encode_text`` of prompts ``prefix + suffix[i]`` (suffix rows end with 0 padding).
-
-    The prefix runs through the blocks once, as a batch of one, leaving its keys and values at
-    every layer. Each suffix position then attends to those and to the suffix positions up to
-    itself (the suffix's rows of the causal mask), computed as ``nn.MultiheadAttention`` does:
-    one in-projection, scaled dot-product attention per head, the out-projection.
-    """
-    import torch
-    import torch.nn.functional as F
-    from open_clip.transformer import text_global_pool
-
-    cast_dtype = model.transformer.get_cast_dtype()
-    p, s, n = prefix.shape[0], suffix.shape[1], suffix.shape[0]
-    pos = model.positional_embedding.to(cast_dtype)
-    xp = model.token_embedding(prefix[None]).to(cast_dtype) + pos[:p]
-    xs = model.token_embedding(suffix).to(cast_dtype) + pos[p : p + s]
-    mask_p = model.attn_mask[:p, :p]
-    mask_s = model.attn_mask[p : p + s, : p + s].to(xs.dtype)
-    for block in model.transformer.resblocks:
-        attn = block.attn
-        width, heads = xs.shape[-1], attn.num_heads
-        w, b = attn.in_proj_weight, attn.in_proj_bias
-        kp, vp = F.linear(block.ln_1(xp), w[width:], None if b is None else b[width:]).chunk(2, dim=-1)
-        q, k, v = F.linear(block.ln_1(xs), w, b).chunk(3, dim=-1)
-        k = torch.cat([kp.expand(n, -1, -1), k], dim=1)
-        v = torch.cat([vp.expand(n, -1, -1), v], dim=1)
-        q, k, v = (t.unflatten(-1, (heads, width // heads)).transpose(1, 2) for t in (q, k, v))
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask_s)
-        o = attn.out_proj(o.transpose(1, 2).flatten(2))
-        xs = xs + block.ls_1(o)
-        xs = xs + block.ls_2(block.mlp(block.ln_2(xs)))
-        xp = block(xp, attn_mask=mask_p)
-    x = model.ln_final(xs)
-    x = text_global_pool(x, suffix, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
-    if model.text_projection is not None:
-        x = model.text_projection(x) if hasattr(model.text_projection, "weight") else x @ model.text_projection
-    return x
-
-
-def _shared_prefix_length(rows: Any, lengths: Any) -> int:
-    """Tokens all ``rows`` start with, leaving at least the last token of the shortest one out."""
-    same = (rows == rows[0]).all(dim=0).int()
-    common = int(same.cumprod(dim=0).sum())
-    return max(0, min(common, int(lengths.min()) - 1))
+            self._on[key] = torch.from_numpy(self.weights).to(device)
+        return self._on[key]
 
 
 def _encode_grouped(loaded: LoadedModel, tokens: Any, groups: list[list[int]], batch_size: int) -> Any:
@@ -160,14 +67,14 @@ def _encode_grouped(loaded: LoadedModel, tokens: Any, groups: list[list[int]], b
         for group in groups:
             idx = torch.tensor(group, dtype=torch.long)
             rows, lens = tokens[idx], lengths[idx]
-            p = _shared_prefix_length(rows, lens)
+            p = shared_prefix_length(rows, lens)
             prefix = rows[0, :p].to(loaded.device)
             order = torch.argsort(lens, stable=True)
             for start in range(0, len(group), batch_size):
                 pick = order[start : start + batch_size]
                 longest = int(lens[pick].max())
                 suffix = rows[pick, p:longest].to(loaded.device)
-                feats = F.normalize(_encode_prefixed(model, prefix, suffix).float(), dim=-1)
+                feats = F.normalize(encode_prefixed(model, prefix, suffix).float(), dim=-1)
                 if out.numel() == 0:
                     out = torch.empty(len(tokens), feats.shape[1], device=feats.device)
                 out[idx[pick].to(feats.device)] = feats
@@ -223,7 +130,7 @@ def encode_texts(loaded: LoadedModel, texts: list[str], batch_size: int = 256, t
     with torch.inference_mode():
         for start in range(0, len(texts), batch_size):
             batch = tokens[order[start : start + batch_size]].to(loaded.device)
-            feats = _encode_trimmed(model, batch) if trim else model.encode_text(batch)
+            feats = encode_trimmed(model, batch) if trim else model.encode_text(batch)
             chunks.append(F.normalize(feats.float(), dim=-1))
         if chunks:
             stacked = torch.cat(chunks)
@@ -316,14 +223,15 @@ def get_text_classifier(
     load: Callable[[], LoadedModel],
     *,
     use_cache: bool = True,
-    device: str | None = None,
     batch_size: int = 256,
     precision: str = "fp32",
+    refresh: bool = False,
 ) -> TextClassifier:
     """The classifier for ``prompt_set`` from the cache, or built with ``load()`` and stored.
 
     ``load`` is only called on a miss, so a cache hit needs no model. A cache file that cannot be
-    used is reported (logger ``zeroshot``, level warning) and rebuilt.
+    used is reported (logger ``zeroshot``, level warning) and rebuilt. ``refresh`` rebuilds and
+    stores it even when the cache has it (``build-prompts --force``).
     """
     start = time.perf_counter()
     path = None
@@ -331,27 +239,22 @@ def get_text_classifier(
     if use_cache:
         key = text_cache_key(spec, prompt_set, precision)
         path = cache.entry_path(cache.key_digest(key))
-        if path.exists():
+        if path.exists() and not refresh:
             try:
                 entry = cache.load_entry(path, key, len(prompt_set.classes))
             except (cache.CorruptEntry, OSError) as e:
                 log.warning("cache file %s is unusable (%s); rebuilding it", path, e)
             else:
-                weights = entry.weights
-                if device is not None:  # without a device, a hit stays numpy: no torch import at all
-                    import torch
-
-                    weights = torch.from_numpy(weights.copy()).to(device)
-                return TextClassifier(prompt_set, weights, path, True, time.perf_counter() - start)
+                return TextClassifier(prompt_set, entry.weights, path, True, time.perf_counter() - start)
 
     loaded = load()
-    weights = encode_prompt_set(loaded, prompt_set, batch_size)
+    weights = encode_prompt_set(loaded, prompt_set, batch_size).float().cpu().numpy()
     if use_cache and path is not None and key is not None:
         try:
             cache.save_entry(
                 path,
                 key,
-                weights.cpu().numpy(),
+                weights,
                 {
                     "name": prompt_set.name,
                     "model": spec.label,
@@ -363,8 +266,6 @@ def get_text_classifier(
         except CacheError as e:
             cache.warn_unwritable("the text classifier", e.__cause__ or e)
             path = None
-    if device is not None:
-        weights = weights.to(device)
     return TextClassifier(prompt_set, weights, path, False, time.perf_counter() - start)
 
 

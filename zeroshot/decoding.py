@@ -216,7 +216,10 @@ class FileDecoder:
             jpeg = _raw_jpeg(data, self.max_pixels, self.split.pil_stage if self.split else None)
             if jpeg is not None:
                 return jpeg
-        image = open_image(io.BytesIO(data), draft=self.draft, max_pixels=self.max_pixels)
+        return self.decode_image(open_image(io.BytesIO(data), draft=self.draft, max_pixels=self.max_pixels))
+
+    def decode_image(self, image: Any) -> Any:
+        """An opened PIL image -> its payload (what a file's bytes become after decoding)."""
         try:
             if self.split is None:
                 return self.preprocess(image)
@@ -307,6 +310,30 @@ def decode_in_worker(inputs: list[Input]) -> list[tuple[Any, str | None]]:
     decoder = _worker_decoder
     assert decoder is not None
     return [decoder(inp) for inp in inputs]
+
+
+def decode_item(decoder: FileDecoder, item: tuple[str, bytes | None, str | None]) -> tuple[Any, str | None]:
+    """The Ray engine's unit: one (path, bytes or None, known error) item -> (payload, None) or (None, message)."""
+    from .reading import too_large
+
+    path, data, known_error = item
+    if known_error:
+        return None, str(known_error)
+    try:
+        if data is None:
+            data = read_input(path, decoder.max_bytes, decoder.timeout)
+        elif decoder.max_bytes and len(data) > decoder.max_bytes:  # Ray's reader has read it whole
+            raise too_large(len(data), decoder.max_bytes)
+        return decoder.decode_bytes(data), None
+    except ImageError as e:
+        return None, str(e)
+
+
+def decode_items_in_worker(items: list[tuple[str, bytes | None, str | None]]) -> list[tuple[Any, str | None]]:
+    """In a forked decoding process: the decoder the pool was started with."""
+    decoder = _worker_decoder
+    assert decoder is not None
+    return [decode_item(decoder, item) for item in items]
 
 
 def process_pool(decoder: FileDecoder, workers: int) -> Any:

@@ -34,9 +34,12 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import UsageError
+
+if TYPE_CHECKING:
+    from .ranking import Record
 
 RAY_HINT = "the Ray engine needs Ray Data: pip install 'zeroshot[ray]' (or pip install 'ray[data]')"
 OUTPUT_FORMATS = ("jsonl", "parquet")
@@ -72,9 +75,9 @@ class SharedClassifier:
         import numpy as np
 
         from . import cache
-        from .models import weights_identity
+        from .weightfiles import weights_identity
 
-        weights = text.weights.detach().float().cpu().numpy() if hasattr(text.weights, "detach") else text.weights
+        weights = text.weights
         rule = None
         if multi_label is not None:
             bg = multi_label.background
@@ -129,11 +132,10 @@ class ClassifyBatch:
     ) -> None:
         import torch
 
-        from .decoding import FileDecoder, split_preprocess
         from .export import ClassifierFileError
         from .images import DEFAULT_MAX_PIXELS
         from .models import load_model, resolve_device, resolve_precision
-        from .pipeline import default_batch_size
+        from .pipeline import DecodeOptions, ImageEncoder, default_batch_size
         from .ranking import MultiLabel
         from .reading import DEFAULT_MAX_BYTES, DEFAULT_TIMEOUT
 
@@ -152,12 +154,14 @@ class ClassifyBatch:
         self.top_k = top_k
         self.min_score = min_score
         self.batch_size = model_batch_size or default_batch_size(dev)
-        self.split = split_preprocess(self.loaded.preprocess)
-        limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
-        self.decoder = FileDecoder(
-            self.loaded.preprocess, self.split, jpeg_draft=jpeg_draft, max_pixels=limit,
+        options = DecodeOptions(
+            workers=decode_workers, decoder="pillow", jpeg_draft=jpeg_draft,
+            max_pixels=DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels,
             max_bytes=DEFAULT_MAX_BYTES if max_bytes is None else max_bytes, timeout=timeout or DEFAULT_TIMEOUT,
         )  # fmt: skip
+        # The local engine's image core; the bytes come from Ray's reader, so decoding is done here.
+        self.encoder = ImageEncoder(self.loaded, batch_size=self.batch_size, options=options)
+        self.decoder = self.encoder.decoder
         # Decoding runs in forked worker processes (as in the local engine) where it can: a file
         # that crashes the decoder then costs its own record, not the actor (whose batch Ray would
         # retry, and crash on, forever).
@@ -172,8 +176,8 @@ class ClassifyBatch:
 
     def _decode_all(self, paths: Sequence[str], data: Sequence[Any] | None, errors: Sequence[Any] | None) -> list:
         """(payload, error) per input, in order."""
-        from .decoding import process_pool
-        from .pipeline import PROCESS_CHUNK, decode_stream
+        from .decoding import decode_item, decode_items_in_worker, process_pool
+        from .streams import PROCESS_CHUNK, decode_stream
 
         items = [
             (p, None if data is None else bytes(data[i]), None if errors is None else (errors[i] or None))
@@ -181,43 +185,26 @@ class ClassifyBatch:
         ]
         workers = self.decode_workers
         if workers <= 0:
-            return [_decode_item(self.decoder, item) for item in items]
+            return [decode_item(self.decoder, item) for item in items]
         stream = decode_stream(
-            items, lambda item: _decode_item(self.decoder, item), workers, 4 * PROCESS_CHUNK * workers,
-            pool_factory=lambda: process_pool(self.decoder, workers), remote=_decode_in_worker, chunk=PROCESS_CHUNK,
+            items, lambda item: decode_item(self.decoder, item), workers, 4 * PROCESS_CHUNK * workers,
+            pool_factory=lambda: process_pool(self.decoder, workers), remote=decode_items_in_worker,
+            chunk=PROCESS_CHUNK,
         )  # fmt: skip
         return [(payload, err) for _, payload, err in stream]
 
-    def _model_input(self, payloads: list[Any]) -> Any:
-        import numpy as np
-        import torch
-
-        from .decoding import to_model_input
-
-        if self.split is None:  # the whole transform ran: float tensors
-            return torch.stack(payloads).to(self.device, dtype=self.loaded.input_dtype)
-        return to_model_input(np.stack(payloads), self.split, self.device, self.loaded.input_dtype)
-
-    def classify(self, paths: Sequence[str], data: Sequence[Any] | None, errors: Sequence[Any] | None) -> list[dict]:
+    def classify(self, paths: Sequence[str], data: Sequence[Any] | None, errors: Sequence[Any] | None) -> list[Record]:
         """The CLI's records for these inputs, in order."""
-        import torch
-
+        from .images import Input
         from .output import apply_min_score
-        from .ranking import error_record, feature_records
+        from .pipeline import encoded_records
 
-        decoded = self._decode_all(paths, data, errors)
-        out: list[dict[str, Any] | None] = [None] * len(paths)
-        good = [i for i, (payload, _) in enumerate(decoded) if payload is not None]
-        for start in range(0, len(good), self.batch_size):
-            chunk = good[start : start + self.batch_size]
-            with torch.inference_mode():
-                feats = self.loaded.model.encode_image(self._model_input([decoded[i][0] for i in chunk])).float()
-                recs = feature_records([paths[i] for i in chunk], feats, self.weights, self.loaded.logit_scale,
-                                       self.classes, self.top_k, self.rule)  # fmt: skip
-            for i, rec in zip(chunk, recs, strict=True):
-                out[i] = apply_min_score(rec, self.min_score)
-        return [rec if rec is not None else error_record(paths[i], decoded[i][1] or "unknown error")
-                for i, rec in enumerate(out)]  # fmt: skip
+        decoded = [(Input(p), payload, err) for p, (payload, err) in zip(paths, self._decode_all(paths, data, errors),
+                                                                         strict=True)]  # fmt: skip
+        size = self.batch_size
+        batches = self.encoder.encode(decoded[i : i + size] for i in range(0, len(decoded), size))
+        recs = encoded_records(batches, self.weights, self.loaded.logit_scale, self.classes, self.top_k, self.rule)
+        return [apply_min_score(rec, self.min_score) for rec in recs]
 
     def __call__(self, batch: dict[str, Any]) -> Any:
         paths = [str(p) for p in batch["path"]]
@@ -226,32 +213,7 @@ class ClassifyBatch:
         return records_table(self.classify(paths, data, errors), multi_label=self.rule is not None)
 
 
-def _decode_item(decoder: Any, item: tuple[str, bytes | None, str | None]) -> tuple[Any, str | None]:
-    """Decode one (path, bytes or None, known error) item: (payload, None) or (None, message)."""
-    from .images import ImageError
-    from .reading import read_input, too_large
-
-    path, data, known_error = item
-    if known_error:
-        return None, str(known_error)
-    try:
-        if data is None:
-            data = read_input(path, decoder.max_bytes, decoder.timeout)
-        elif decoder.max_bytes and len(data) > decoder.max_bytes:  # Ray's reader has read it whole
-            raise too_large(len(data), decoder.max_bytes)
-        return decoder.decode_bytes(data), None
-    except ImageError as e:
-        return None, str(e)
-
-
-def _decode_in_worker(items: list[tuple[str, bytes | None, str | None]]) -> list[tuple[Any, str | None]]:
-    """In a forked decoding process: the decoder the pool was started with."""
-    from . import decoding
-
-    return [_decode_item(decoding._worker_decoder, item) for item in items]
-
-
-def records_table(recs: Sequence[dict[str, Any]], *, multi_label: bool = False) -> Any:
+def records_table(recs: Sequence[Record], *, multi_label: bool = False) -> Any:
     """Records as a ``pyarrow.Table`` with typed columns, and each record's JSON line in ``record``."""
     import pyarrow as pa
 

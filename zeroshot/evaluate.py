@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .classifier import TextClassifier, encode_prompt_set
 from .errors import UsageError
-from .images import ImageError, load_tensor, walk_images
+from .images import ImageError, Input, walk_images
 from .models import LoadedModel
-from .pipeline import decode_stream, default_workers, encode_images, lookahead_for
+from .pipeline import DecodeOptions, ImageEncoder
 from .prompts import PromptSet
 
 
@@ -72,48 +72,67 @@ def image_features(
 ) -> tuple[Any, Any, list[dict[str, str]]]:
     """(normalized features [N, D], labels [N], failures) for the items that decoded.
 
+    Files go through ``classify``'s own image core (:class:`~zeroshot.pipeline.ImageEncoder`:
+    the same decoding, preprocessing and batching), so what ``eval`` measures is what ``classify``
+    ships; in-memory images (IDX datasets) enter it decoded by the same decoder.
     ``keys_out``, when given, receives each decoded item's key (path or array index), in order.
     ``max_bytes``: the byte cap per file (None: the default; 0: none), as for ``classify``.
     """
     import torch
     import torch.nn.functional as F
-    from PIL import Image
 
-    def decode(item: Labelled) -> tuple[Any, str | None]:
-        if item.error is not None:
-            return None, item.error
-        try:
-            if isinstance(item.key, int):
-                return loaded.preprocess(Image.fromarray(array[item.key], "L")), None
-            return load_tensor(item.key, loaded.preprocess, max_bytes=max_bytes), None
-        except ImageError as e:
-            return None, str(e)
+    options = DecodeOptions(workers=workers)
+    if max_bytes is not None:
+        options.max_bytes = max_bytes
+    encoder = ImageEncoder(loaded, batch_size=batch_size, options=options)
+    labelled: dict[int, Labelled] = {}
 
-    workers = default_workers() if workers is None else workers
+    def as_input(item: Labelled) -> Input:
+        inp = Input(str(item.key), item.error)
+        labelled[id(inp)] = item
+        return inp
+
+    if array is None:
+        batches = encoder.batches(as_input(item) for item in items)
+    else:
+        batches = encoder.encode(_decoded_array(encoder, array, items, as_input, batch_size))
     feats, labels, failed = [], [], []
-    batch: list[Any] = []
-    batch_labels: list[int] = []
-
-    def flush() -> None:
-        feats.append(F.normalize(encode_images(loaded, batch), dim=-1).cpu())
-        labels.extend(batch_labels)
-        batch.clear()
-        batch_labels.clear()
-
-    for item, tensor, err in decode_stream(items, decode, workers, lookahead_for(batch_size, workers)):
-        if tensor is None:
-            failed.append({"path": str(item.key), "error": err or "unknown error"})
-            continue
-        batch.append(tensor)
-        batch_labels.append(item.label)
-        if keys_out is not None:
-            keys_out.append(item.key)
-        if len(batch) >= batch_size:
-            flush()
-    if batch:
-        flush()
+    for batch in batches:
+        good = []
+        for e in batch:
+            item = labelled.pop(id(e.input))
+            if e.feature is None:
+                failed.append({"path": e.input.path, "error": e.error or "unknown error"})
+                continue
+            good.append(e.feature)
+            labels.append(item.label)
+            if keys_out is not None:
+                keys_out.append(item.key)
+        if good:
+            feats.append(F.normalize(torch.stack(good), dim=-1).cpu())
     dim = feats[0].shape[1] if feats else 0
     return (torch.cat(feats) if feats else torch.empty(0, dim)), torch.tensor(labels, dtype=torch.long), failed
+
+
+def _decoded_array(
+    encoder: ImageEncoder, array: Any, items: Iterable[Labelled], as_input: Callable[[Labelled], Input], size: int
+) -> Iterator[list[tuple[Input, Any, str | None]]]:
+    """In-memory greyscale images, decoded as a file's pixels would be, in batches of ``size``."""
+    from PIL import Image
+
+    batch: list[tuple[Input, Any, str | None]] = []
+    for item in items:
+        assert isinstance(item.key, int)
+        try:
+            payload, error = encoder.decoder.decode_image(Image.fromarray(array[item.key], "L")), None
+        except ImageError as e:
+            payload, error = None, str(e)
+        batch.append((as_input(item), payload, error))
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def _top1(feats: Any, weights: Any, labels: Any) -> float:
@@ -134,7 +153,7 @@ def evaluate(
     prompt_set: PromptSet = text.prompt_set
     classes = list(prompt_set.classes)
     n, c = len(labels), len(classes)
-    weights = text.weights.to(feats.device) if hasattr(text.weights, "to") else torch.from_numpy(text.weights)
+    weights = text.tensor(feats.device)
     sims = feats @ weights.T
     k = min(5, c)
     topk = sims.topk(k, dim=1).indices if n else torch.empty(0, k, dtype=torch.long)
@@ -183,10 +202,8 @@ class EvalRun:
 
     def sims(self, text: TextClassifier) -> Any:
         """Cosine similarities [N, C] of every image with every class."""
-        import torch
 
-        weights = text.weights if hasattr(text.weights, "to") else torch.from_numpy(text.weights)
-        return self.feats @ weights.to(self.feats.device).float().T
+        return self.feats @ text.tensor(self.feats.device).T
 
 
 def run_eval(loaded: LoadedModel, text: TextClassifier, **options: Any) -> tuple[dict[str, Any], list[dict[str, str]]]:

@@ -16,12 +16,16 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from . import cache
+from . import cache, files
 from .errors import UsageError
-from .models import ModelSpec, model_label, weights_identity
+from .models import ModelSpec, model_label
 from .prompts import ClassPrompts, PromptSet, validate_classes
+from .weightfiles import weights_identity
+
+if TYPE_CHECKING:
+    from .classifier import TextClassifier
 
 FORMAT = "zeroshot-classifier"
 FORMAT_VERSION = "1"
@@ -47,17 +51,11 @@ class ClassifierFile:
     def model_label(self) -> str:
         return model_label(self.model, self.pretrained)
 
-    def text_classifier(self, device: Any = None) -> Any:
-        """The file's classes and embeddings as a :class:`~zeroshot.classifier.TextClassifier`:
-        a torch tensor on ``device``, or the numpy array as read when no device is given."""
+    def text_classifier(self) -> TextClassifier:
+        """The file's classes and embeddings as a :class:`~zeroshot.classifier.TextClassifier`."""
         from .classifier import TextClassifier
 
-        weights = self.weights
-        if device is not None:
-            import torch
-
-            weights = torch.from_numpy(weights.copy()).to(device)
-        return TextClassifier(self.prompt_set, weights, self.path, True, 0.0)
+        return TextClassifier(self.prompt_set, self.weights, self.path, True, 0.0)
 
 
 def _specs_data(prompt_set: PromptSet) -> list[dict[str, Any] | None]:
@@ -65,13 +63,13 @@ def _specs_data(prompt_set: PromptSet) -> list[dict[str, Any] | None]:
 
 
 def save_classifier(path: str | Path, spec: ModelSpec, prompt_set: PromptSet, weights: Any, **info: Any) -> None:
-    """Write ``weights`` (torch or numpy [C, dim]) for ``spec`` and ``prompt_set`` to ``path``, atomically."""
+    """Write ``weights`` (a numpy array [C, dim], as :class:`~zeroshot.classifier.TextClassifier`
+    holds them) for ``spec`` and ``prompt_set`` to ``path``, atomically."""
     import numpy as np
     from safetensors.numpy import save
 
     path = Path(path)
-    array = weights.detach().float().cpu().numpy() if hasattr(weights, "detach") else weights
-    array = np.ascontiguousarray(array, dtype=np.float32)
+    array = np.ascontiguousarray(weights, dtype=np.float32)
     if array.shape[0] != len(prompt_set.classes):
         raise ValueError(f"{array.shape[0]} rows for {len(prompt_set.classes)} classes")
     meta = {
@@ -90,7 +88,7 @@ def save_classifier(path: str | Path, spec: ModelSpec, prompt_set: PromptSet, we
         **{k: str(v) for k, v in info.items()},
     }
     try:
-        cache.atomic_write_bytes(path, save({"weights": array}, metadata=meta), shared=True)
+        files.atomic_write_bytes(path, save({"weights": array}, metadata=meta), shared=True)
     except OSError as e:
         raise UsageError(f"cannot write {path}: {e.strerror or e}") from None
 

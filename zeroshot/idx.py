@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import os
 import struct
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,13 @@ def default_dir() -> Path:
 
 
 SPLITS = {"train": "train", "test": "t10k"}
+
+
+class Split(str, Enum):
+    """``eval --split``: the IDX split to read."""
+
+    TEST = "test"
+    TRAIN = "train"
 
 
 def read_idx(path: str | Path) -> Any:

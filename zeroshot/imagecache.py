@@ -28,7 +28,7 @@ BUSY_TIMEOUT_S = 60.0
 
 def image_cache_key(loaded: Any) -> str:
     from .classifier import _package_version
-    from .models import weights_identity
+    from .weightfiles import weights_identity
 
     return cache.key_text(
         {

@@ -14,23 +14,35 @@ import json
 import os
 import sys
 import tempfile
+from enum import Enum
 from pathlib import Path
 from typing import IO, Any
 
-from .cache import umask_mode
+from .files import umask_mode
+from .ranking import Record
 
-FORMATS = ("jsonl", "json", "csv", "table")
+
+class Format(str, Enum):
+    """``--format`` for the local engine."""
+
+    JSONL = "jsonl"
+    JSON = "json"
+    CSV = "csv"
+    TABLE = "table"
+
+
+FORMATS = tuple(f.value for f in Format)
 CSV_COLUMNS = ["path", "label", "score", "error", "top_k"]
 
 
-def apply_min_score(record: dict[str, Any], min_score: float | None) -> dict[str, Any]:
+def apply_min_score(record: Record, min_score: float | None) -> Record:
     """``label`` becomes None when the best score is under ``min_score`` (the record keeps its top-k)."""
     if min_score is not None and "error" not in record and record["score"] < min_score:
         return {**record, "label": None}
     return record
 
 
-def _json_line(record: dict[str, Any]) -> bytes:
+def _json_line(record: Record | dict[str, Any]) -> bytes:
     try:
         return json.dumps(record, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:  # a file name that is not valid UTF-8: escape it instead
@@ -50,7 +62,7 @@ class RecordWriter:
         self.path = Path(path) if path else None
         self.tmp: Path | None = None
         self.count = 0
-        self.rows: list[dict[str, Any]] = []
+        self.rows: list[Record] = []
         if self.path is not None:
             fd, name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent or ".")
             os.fchmod(fd, umask_mode())  # the records file is the user's output: usual permissions
@@ -71,7 +83,7 @@ class RecordWriter:
         if self.path is None:
             self.out.flush()
 
-    def write(self, record: dict[str, Any]) -> None:
+    def write(self, record: Record) -> None:
         if self.fmt == "jsonl":
             self._emit(_json_line(record) + b"\n")
         elif self.fmt == "json":

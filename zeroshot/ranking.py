@@ -19,7 +19,27 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
+
+
+class Ranked(TypedDict):
+    """One entry of a record's ``top_k``."""
+
+    label: str
+    score: float
+
+
+class Record(TypedDict, total=False):
+    """One output record: ``path`` always; then ``label``, ``score`` and ``top_k`` (plus ``labels``
+    with --multi-label), or ``error`` for an input that could not be classified."""
+
+    path: str
+    label: str | None
+    score: float
+    labels: list[str]
+    top_k: list[Ranked]
+    error: str
+
 
 DEFAULT_BACKGROUND = "object"
 
@@ -51,20 +71,18 @@ def multilabel_scores(image_features: Any, class_weights: Any, logit_scale: floa
 
 def multilabel_records(
     paths: Sequence[str], scores: Any, classes: Sequence[str], top_k: int, threshold: float
-) -> list[dict[str, Any]]:
+) -> list[Record]:
     """Records whose ``labels`` are every class scoring at least ``threshold`` (best first);
     ``label`` is the best of them or None, ``score`` the best score, ``top_k`` the best ``top_k``."""
     import torch
 
     values, indices = torch.sort(scores.double().cpu(), dim=-1, descending=True)
     k = max(1, min(top_k, len(classes)))
-    out = []
+    out: list[Record] = []
     for path, vals, idxs in zip(paths, values.tolist(), indices.tolist(), strict=True):
         chosen = [classes[i] for v, i in zip(vals, idxs, strict=True) if v >= threshold]
-        top = [{"label": classes[i], "score": v} for v, i in zip(vals[:k], idxs[:k], strict=True)]
-        out.append(
-            {"path": path, "label": chosen[0] if chosen else None, "score": vals[0], "labels": chosen, "top_k": top}
-        )
+        top = [Ranked(label=classes[i], score=v) for v, i in zip(vals[:k], idxs[:k], strict=True)]
+        out.append(Record(path=path, label=chosen[0] if chosen else None, score=vals[0], labels=chosen, top_k=top))
     return out
 
 
@@ -77,16 +95,16 @@ def probabilities(image_features: Any, class_weights: Any, logit_scale: float) -
     return logits.softmax(dim=-1)
 
 
-def records(paths: Sequence[str], probs: Any, classes: Sequence[str], top_k: int) -> list[dict[str, Any]]:
+def records(paths: Sequence[str], probs: Any, classes: Sequence[str], top_k: int) -> list[Record]:
     """One record per row: the best label, its score and the ``top_k`` best labels with scores."""
     import torch
 
     k = max(1, min(top_k, len(classes)))
     values, indices = torch.topk(probs.double().cpu(), k, dim=-1)
-    out = []
+    out: list[Record] = []
     for path, vals, idxs in zip(paths, values.tolist(), indices.tolist(), strict=True):
-        top = [{"label": classes[i], "score": v} for v, i in zip(vals, idxs, strict=True)]
-        out.append({"path": path, "label": top[0]["label"], "score": top[0]["score"], "top_k": top})
+        top = [Ranked(label=classes[i], score=v) for v, i in zip(vals, idxs, strict=True)]
+        out.append(Record(path=path, label=top[0]["label"], score=top[0]["score"], top_k=top))
     return out
 
 
@@ -98,7 +116,7 @@ def feature_records(
     classes: Sequence[str],
     top_k: int,
     multi_label: MultiLabel | None = None,
-) -> list[dict[str, Any]]:
+) -> list[Record]:
     """Raw image features [N, D] -> one record per path: softmax ranking, or per-label decisions
     with ``multi_label``. The one step both engines (local and Ray) share."""
     if multi_label is None:
@@ -107,5 +125,5 @@ def feature_records(
     return multilabel_records(paths, scores, classes, top_k, multi_label.threshold)
 
 
-def error_record(path: str, message: str) -> dict[str, Any]:
-    return {"path": path, "error": message}
+def error_record(path: str, message: str) -> Record:
+    return Record(path=path, error=message)

@@ -14,11 +14,14 @@ from __future__ import annotations
 import base64
 import html
 import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from . import cache
+from . import files
+
+if TYPE_CHECKING:
+    from .ranking import Record
 
 THUMB = 144  # thumbnail box, pixels
 MATRIX_LIMIT = 40  # classes shown in the confusion matrix
@@ -101,7 +104,7 @@ def file_thumbnail(path: str, max_pixels: int | None = None) -> str | None:
         return None
 
 
-def _bars(top: Sequence[dict[str, Any]]) -> str:
+def _bars(top: Sequence[Mapping[str, Any]]) -> str:
     rows = []
     for t in top:
         pct = max(0.0, min(1.0, float(t["score"]))) * 100
@@ -131,7 +134,7 @@ def _write(path: str | Path, text: str) -> None:
     from .errors import UsageError
 
     try:
-        cache.atomic_write_bytes(Path(path), text.encode("utf-8"), shared=True)
+        files.atomic_write_bytes(Path(path), text.encode("utf-8"), shared=True)
     except OSError as e:
         raise UsageError(f"cannot write report {path}: {e.strerror or e}") from None
 
@@ -262,7 +265,7 @@ class ContactSheet:
         self.cards: list[str] = []
         self.counts = {"records": 0, "errors": 0, "none": 0}
 
-    def add(self, record: dict[str, Any]) -> None:
+    def add(self, record: Record) -> None:
         path = str(record["path"])
         name = Path(path).name or path
         self.counts["records"] += 1

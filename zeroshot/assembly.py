@@ -1,0 +1,167 @@
+"""One assembly: model spec -> loaded model -> text classifier -> multi-label rule.
+
+``classify`` (local and Ray), ``build-prompts``, ``eval`` and the public :class:`zeroshot.Zeroshot`
+all get what they run from :func:`prepare`, so the library is what the CLI calls and the two cannot
+drift. What a person sees while it happens (a spinner, download bars, notes) comes in through
+:class:`Loading`; the library's default shows nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .errors import ModelLoadError
+
+if TYPE_CHECKING:
+    from .classifier import TextClassifier
+    from .export import ClassifierFile
+    from .models import DownloadReport, LoadedModel, ModelSpec
+    from .prompts import PromptSet
+    from .ranking import MultiLabel as MultiLabelRule
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """Which model to run and how: ``--model``, ``--pretrained``, ``--preprocess``, ``--device``, ``--precision``."""
+
+    model: str | None = None
+    pretrained: str | None = None
+    preprocess: str | None = None
+    device: str = "auto"
+    precision: str = "auto"
+
+
+@dataclass(frozen=True)
+class MultiLabel:
+    """``--multi-label`` (with ``--threshold``, ``--background``, ``--calibration``: a path or a
+    :class:`~zeroshot.calibration.Calibration`)."""
+
+    threshold: float = 0.5
+    background: str | None = None  # None: the default neutral word
+    calibration: Any = None
+
+
+class Loading:
+    """What the caller shows while a model loads; the library's default shows nothing."""
+
+    @contextlib.contextmanager
+    def model(self, spec: ModelSpec, device: str, precision: str) -> Iterator[DownloadReport | None]:
+        """Around one model load; yields who hears about the files downloaded on the way."""
+        yield None
+
+    def notes(self, notes: list[str]) -> None:
+        """What loading inferred (a checkpoint file's preprocessing, QuickGELU)."""
+
+
+@dataclass
+class Prepared:
+    """What a run needs. The model itself loads on first use of :attr:`loaded` when :func:`prepare`
+    could do without it (a cached text classifier and ``eager=False``)."""
+
+    spec: ModelSpec
+    device: str
+    precision: str
+    text: TextClassifier
+    rule: MultiLabelRule | None
+    load: Callable[[], LoadedModel] = field(repr=False)
+
+    @property
+    def loaded(self) -> LoadedModel:
+        return self.load()
+
+
+def spec_for(choice: ModelChoice, file: ClassifierFile | None = None) -> ModelSpec:
+    """The model to run: the choice's, else a classifier file's own; a file is checked against it
+    before anything loads (a wrong model fails fast)."""
+    from .export import check_model
+    from .models import resolve_spec, spec_built_for
+
+    if file is None:
+        return resolve_spec(choice.model, choice.pretrained, choice.preprocess)
+    if choice.model is None and choice.pretrained is None:
+        try:
+            spec = spec_built_for(file.model, file.pretrained)
+        except ModelLoadError as e:
+            raise ModelLoadError(
+                f"{e} (the model classifier file {file.path} was built with; pass --model/--pretrained)"
+            ) from None
+    else:
+        spec = resolve_spec(choice.model, choice.pretrained, choice.preprocess)
+    check_model(file, spec)
+    return spec
+
+
+def prepare_model(choice: ModelChoice, loading: Loading | None = None) -> LoadedModel:
+    """Just the model (:class:`zeroshot.Zeroshot`, which takes prompt sets one at a time)."""
+    from .models import resolve_device, resolve_precision
+
+    device = resolve_device(choice.device)
+    return _load(spec_for(choice), device, resolve_precision(choice.precision, device), loading or Loading())
+
+
+def _load(spec: ModelSpec, device: str, precision: str, loading: Loading) -> LoadedModel:
+    from .models import load_model
+
+    with loading.model(spec, device, precision) as downloads:
+        loaded = load_model(spec, device, precision, downloads=downloads)
+    loading.notes(loaded.notes)
+    return loaded
+
+
+def prepare(
+    choice: ModelChoice,
+    prompt_set: PromptSet | None = None,
+    *,
+    classifier_file: ClassifierFile | None = None,
+    multi_label: MultiLabel | None = None,
+    use_cache: bool = True,
+    refresh: bool = False,
+    eager: bool = True,
+    batch_size: int = 256,
+    loading: Loading | None = None,
+    loaded: LoadedModel | None = None,
+) -> Prepared:
+    """Resolve the model, its device and precision, the text classifier (from ``classifier_file``,
+    the cache, or built) and the multi-label rule. ``eager`` loads the model now (it is needed
+    to classify images); otherwise only when the text classifier or the rule needs it. ``refresh``
+    rebuilds a cached text classifier."""
+    from .classifier import get_text_classifier, resolve_multilabel
+    from .models import resolve_device, resolve_precision
+
+    if (prompt_set is None) == (classifier_file is None):
+        raise ValueError("prepare needs a prompt set or a classifier file, not both")
+    loading = loading or Loading()
+    spec = spec_for(choice, classifier_file)
+    device = resolve_device(choice.device)
+    precision = resolve_precision(choice.precision, device)
+    box: list[LoadedModel] = [] if loaded is None else [loaded]  # a model already loaded for this choice
+
+    def load() -> LoadedModel:
+        if not box:
+            box.append(_load(spec, device, precision, loading))
+        return box[0]
+
+    if eager:
+        load()
+    if classifier_file is not None:
+        from .export import check_model
+
+        if box:
+            check_model(classifier_file, spec, box[0].embed_dim)
+        text = classifier_file.text_classifier()
+    else:
+        assert prompt_set is not None
+        text = get_text_classifier(
+            spec, prompt_set, load, use_cache=use_cache, precision=precision, batch_size=batch_size,
+            refresh=refresh,
+        )  # fmt: skip
+    rule = None
+    if multi_label is not None:
+        rule = resolve_multilabel(
+            spec, text.prompt_set, load, threshold=multi_label.threshold, background=multi_label.background,
+            calibration=multi_label.calibration,
+        )  # fmt: skip
+    return Prepared(spec=spec, device=device, precision=precision, text=text, rule=rule, load=load)

@@ -1,0 +1,131 @@
+"""The command line: parse options, call the library, print. Errors become one stderr line.
+
+Exit codes: 0 success; 1 an input failed or a runtime error; 2 a usage error; 130/143 interrupted
+by SIGINT/SIGTERM; 141 stdout closed early (e.g. ``| head``), which ends the run quietly.
+torch and open_clip are imported only inside commands that need them, so ``--help`` is fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import typer
+
+from ..errors import ZeroshotError
+
+app = typer.Typer(
+    name="zeroshot",
+    help="CLIP zero-shot image classification: labels in, JSON Lines out.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+EXIT_SIGPIPE = 141
+
+
+def _fail(message: str, code: int) -> typer.Exit:
+    sys.stderr.write(f"zeroshot: error: {message}\n")
+    sys.stderr.flush()
+    return typer.Exit(code)
+
+
+def _quiet_broken_pipe() -> typer.Exit:
+    # Point stdout at /dev/null so the interpreter's final flush cannot raise again.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return typer.Exit(EXIT_SIGPIPE)
+
+
+def handle_errors(func: F) -> F:
+    """Map library errors, closed pipes and interrupts to one line and an exit code."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except ZeroshotError as e:
+            raise _fail(str(e), e.exit_code) from None
+        except BrokenPipeError:
+            raise _quiet_broken_pipe() from None
+        except KeyboardInterrupt:
+            raise _fail("interrupted", 130) from None
+        except _Terminated:
+            raise _fail("terminated", 143) from None
+        except MemoryError:
+            raise _fail("out of memory (try a smaller --batch-size)", 1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+class _Terminated(BaseException):
+    """Raised from the SIGTERM handler so that cleanup (temporary files) runs as for Ctrl-C."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise _Terminated()
+
+
+class _StderrLineHandler(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            level = "warning" if record.levelno >= logging.WARNING else "note"
+            sys.stderr.write(f"zeroshot: {level}: {' '.join(record.getMessage().split())}\n")
+            sys.stderr.flush()
+        except Exception:  # never let a message break a run
+            pass
+
+
+def _setup_warnings() -> None:
+    import warnings
+
+    # Pillow warns (multi-line, on stderr) about large images and odd palettes; the image is still
+    # decoded, or fails with an error record, so the warning says nothing the user can act on.
+    warnings.filterwarnings("ignore", module=r"PIL\.")
+
+
+def _setup_logging() -> None:
+    # open_clip logs through the root logger; a handler there keeps Python's last-resort
+    # stderr handler from printing its chatter. Our own messages go through "zeroshot".
+    logging.getLogger().addHandler(logging.NullHandler())
+    ours = logging.getLogger("zeroshot")
+    ours.handlers[:] = [_StderrLineHandler()]
+    ours.setLevel(logging.WARNING)
+    ours.propagate = False
+
+
+@app.callback()
+def _root() -> None:
+    """CLIP zero-shot image classification: labels in, JSON Lines out."""
+    _setup_logging()
+    _setup_warnings()
+
+
+def main() -> None:
+    """Console-script entry point."""
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    from ..fastload import defer_transformers
+
+    defer_transformers()
+    try:
+        code = app(prog_name="zeroshot", standalone_mode=False)
+    except Exception as e:
+        # Option-parsing errors (click's UsageError family: an unknown option, a value out of range
+        # or not among the choices) become one line, like every other error; Typer would draw a box.
+        message = getattr(e, "format_message", None)
+        if message is None or not isinstance(getattr(e, "exit_code", None), int):
+            raise
+        if type(e).__name__ == "NoArgsIsHelpError":  # `zeroshot` alone: the help, as it is
+            sys.stderr.write(message() + "\n")
+        else:
+            sys.stderr.write(f"zeroshot: error: {' '.join(message().split())} (see zeroshot -h)\n")
+        sys.exit(e.exit_code)  # type: ignore[attr-defined]
+    sys.exit(code if isinstance(code, int) else 0)

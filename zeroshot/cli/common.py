@@ -1,0 +1,266 @@
+"""What the commands share: option declarations, and how the CLI shows things on stderr and stdout."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from ..assembly import Loading
+from ..errors import UsageError
+from ..models import Precision
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.status import Status
+
+    from ..assembly import ModelChoice, MultiLabel, Prepared
+    from ..export import ClassifierFile
+    from ..models import ModelSpec
+    from ..prompts import PromptSet
+
+# --- shared options -----------------------------------------------------------------------------
+
+InputsArg = Annotated[
+    list[str] | None,
+    typer.Argument(
+        help="Image files, folders (searched recursively for images), http(s):// URLs, or - to read paths from "
+        "stdin (one per line; with -0, NUL-separated)."
+    ),
+]
+LabelsOpt = Annotated[
+    Path | None, typer.Option("--labels", "-l", help="UTF-8 file, one label per line ('#' lines ignored).")
+]
+LabelOpt = Annotated[list[str] | None, typer.Option("--label", help="A label; repeat for more.")]
+DatasetOpt = Annotated[
+    str | None, typer.Option("--dataset", "-d", help="A prompt pack: classes and templates (e.g. cifar10).")
+]
+TemplatesOpt = Annotated[
+    Path | None,
+    typer.Option("--templates", "-t", help="YAML file of templates with {label}; overrides the pack's."),
+]
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        "-m",
+        help="open_clip architecture (ViT-B-32, RN50, ...) or hf-hub:ORG/REPO. Env: ZEROSHOT_MODEL.",
+    ),
+]
+PretrainedOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--pretrained",
+        "-p",
+        help="open_clip pretrained tag (openai, ...) or a checkpoint file. Env: ZEROSHOT_PRETRAINED.",
+    ),
+]
+PreprocessOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--preprocess",
+        help="With --pretrained FILE: the pretrained tag whose image preprocessing the checkpoint follows "
+        "(default: the one the architecture's tags share).",
+    ),
+]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+PrecisionOpt = Annotated[Precision, typer.Option("--precision", help="auto: fp16 on CUDA, fp32 on the CPU.")]
+NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the text-embedding cache.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display on stderr.")]
+MaxBytesOpt = Annotated[
+    int,
+    typer.Option(
+        "--max-bytes",
+        min=0,
+        help="Refuse inputs larger than this many bytes (default 536870912 = 512 MiB, the largest an uncompressed "
+        "image within --max-pixels can be; 0: no limit). Checked on the size, and enforced while reading.",
+    ),
+]
+WorkersOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--workers",
+        min=0,
+        help="Decoding worker processes (default: a quarter of the cores on CPU, all but one with CUDA; "
+        "0: decode in the main process).",
+    ),
+]
+
+
+def prompt_set_from(
+    dataset: str | None, labels: Path | None, label: list[str] | None, templates: Path | None
+) -> PromptSet:
+    from ..prompts import resolve_prompt_set
+
+    return resolve_prompt_set(dataset=dataset, labels_file=labels, labels=label or (), templates_file=templates)
+
+
+def stderr_console() -> Console:
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def spinner(show: bool, message: str) -> contextlib.AbstractContextManager[Status | None]:
+    """A spinner on stderr while something slow runs, only for people at a terminal."""
+
+    return stderr_console().status(message) if show else contextlib.nullcontext()
+
+
+def human_size(n: int | None) -> str:
+    if n is None:
+        return "size unknown"
+    for unit in ("bytes", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:,} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1000  # type: ignore[assignment]
+    return str(n)
+
+
+class Downloads:
+    """A :class:`~zeroshot.hub.DownloadReport` on stderr: at a terminal a bar per file (bytes,
+    rate, time left), pausing the loading spinner meanwhile; otherwise one line per file (what, how
+    big, where it goes). stdout is never touched."""
+
+    def __init__(self, tty: bool, status: Status | None = None) -> None:
+        self.tty = tty
+        self.status = status
+        self.bar: Any = None
+        self.task: Any = None
+
+    def start(self, what: str, size: int | None, dest: str) -> None:
+        if not self.tty:
+            sys.stderr.write(f"zeroshot: downloading {what} ({human_size(size)}) into {dest}\n")
+            sys.stderr.flush()
+            return
+        from rich.markup import escape
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
+        if self.status is not None:
+            self.status.stop()
+        self.what, self.size, self.began = what, size, time.perf_counter()
+        self.bar = Progress(
+            TextColumn(f"downloading {escape(what)}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+            TimeRemainingColumn(), console=stderr_console(),
+        )  # fmt: skip
+        self.bar.start()
+        self.task = self.bar.add_task("download", total=size)
+
+    def progress(self, done: int) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, completed=done)
+
+    def end(self, ok: bool) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+            took = max(time.perf_counter() - self.began, 1e-3)
+            if ok and self.size:  # what the bar showed, as one line that stays
+                sys.stderr.write(f"zeroshot: downloaded {self.what}: {human_size(self.size)} in {took:.1f} s "
+                                 f"({human_size(int(self.size / took))}/s)\n")  # fmt: skip
+            if self.status is not None:
+                self.status.start()
+
+
+def downloads_display(quiet: bool, status: Status | None = None) -> Downloads | None:
+    """The download display for a command (None with --quiet)."""
+    return None if quiet else Downloads(sys.stderr.isatty(), status)
+
+
+class CliLoading(Loading):
+    """How the CLI shows a model load: a spinner and download bars at a terminal, notes on stderr."""
+
+    def __init__(self, show: bool, quiet: bool) -> None:
+        self.show, self.quiet = show, quiet
+
+    @contextlib.contextmanager
+    def model(self, spec: ModelSpec, device: str, precision: str) -> Iterator[Downloads | None]:
+        with spinner(self.show, f"loading {spec.label} on {device} ({precision})") as status:
+            yield downloads_display(self.quiet, status)
+
+    def notes(self, notes: list[str]) -> None:
+        say_notes(notes, self.quiet)
+
+
+def prepare_run(
+    choice: ModelChoice,
+    prompt_set: PromptSet | None,
+    *,
+    classifier_file: ClassifierFile | None = None,
+    multi_label: MultiLabel | None = None,
+    quiet: bool,
+    use_cache: bool = True,
+    refresh: bool = False,
+    eager: bool = True,
+    batch_size: int = 256,
+) -> Prepared:
+    """:func:`zeroshot.assembly.prepare` with the CLI's display; says on stderr when --multi-label
+    scores are not calibrated."""
+    from ..assembly import prepare
+
+    show = not quiet and sys.stderr.isatty()
+    prepared = prepare(
+        choice, None if classifier_file is not None else prompt_set, classifier_file=classifier_file,
+        multi_label=multi_label, loading=CliLoading(show, quiet), use_cache=use_cache, refresh=refresh, eager=eager,
+        batch_size=batch_size,
+    )  # fmt: skip
+    if multi_label is not None and prepared.rule is not None and prepared.rule.kind == "background" and not quiet:
+        sys.stderr.write(
+            "zeroshot: note: --multi-label scores are not calibrated for this model (label vs. "
+            f"'{multi_label.background}'); eval --calibrate FILE fits a calibration to pass with --calibration\n"
+        )
+    return prepared
+
+
+def open_classifier_file(
+    classifier: Path | None, labels: Path | None, label: list[str] | None, dataset: str | None, templates: Path | None
+) -> ClassifierFile | None:
+    """The ``--classifier`` file, read and checked, or None; it excludes the other class options."""
+    if classifier is None:
+        return None
+    from ..export import load_classifier
+
+    if labels is not None or label or dataset is not None or templates is not None:
+        raise UsageError("--classifier brings its own classes: drop --labels/--label/--dataset/--templates")
+    return load_classifier(classifier)
+
+
+def say_notes(notes: list[str], quiet: bool) -> None:
+    """What loading inferred (a checkpoint file's preprocessing, QuickGELU): one line each on stderr."""
+    if not quiet:
+        for note in notes:
+            sys.stderr.write(f"zeroshot: note: {note}\n")
+        sys.stderr.flush()
+
+
+def check_folder(option: str, path: Path | None) -> None:
+    """A file option's folder must exist before any work is done."""
+    if path is not None and not (path.parent if str(path.parent) else Path(".")).is_dir():
+        raise UsageError(f"{option} {path}: its folder does not exist")
+
+
+def write_record(record: dict[str, Any]) -> None:
+    line = json.dumps(record, ensure_ascii=False)
+    try:
+        data = line.encode("utf-8")
+    except UnicodeEncodeError:  # a file name that is not valid UTF-8: escape it instead
+        data = json.dumps(record, ensure_ascii=True).encode("ascii")
+    out = sys.stdout.buffer
+    out.write(data + b"\n")
+    out.flush()
+
+
+# --- commands -----------------------------------------------------------------------------------

@@ -1,0 +1,134 @@
+"""``zeroshot eval``: accuracy on labelled images, calibration fitting."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..errors import UsageError
+from ..idx import Split
+from ..models import Precision
+from ..reading import DEFAULT_MAX_BYTES
+from .app import app, handle_errors
+from .common import (
+    DatasetOpt,
+    DeviceOpt,
+    LabelOpt,
+    LabelsOpt,
+    MaxBytesOpt,
+    ModelOpt,
+    NoCacheOpt,
+    PrecisionOpt,
+    PreprocessOpt,
+    PretrainedOpt,
+    QuietOpt,
+    TemplatesOpt,
+    WorkersOpt,
+    check_folder,
+    prepare_run,
+    prompt_set_from,
+    spinner,
+    write_record,
+)
+
+
+# Long for the same reason as classify: most of it is the option declarations Typer reads.
+@app.command("eval")
+@handle_errors
+def eval_cmd(
+    folder: Annotated[
+        Path | None, typer.Argument(help="Folder with one sub-folder of images per class (or use --dataset).")
+    ] = None,
+    labels: LabelsOpt = None,
+    label: LabelOpt = None,
+    dataset: DatasetOpt = None,
+    templates: TemplatesOpt = None,
+    model: ModelOpt = None,
+    pretrained: PretrainedOpt = None,
+    preprocess: PreprocessOpt = None,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = Precision.AUTO,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option("--data-dir", help="Folder with the dataset's IDX files (default: Debian's location)."),
+    ] = None,
+    split: Annotated[Split, typer.Option("--split", help="IDX split (with --dataset fashion-mnist).")] = Split.TEST,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Evaluate only the first N images.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per model call.")] = 64,
+    workers: WorkersOpt = None,
+    report: Annotated[
+        Path | None,
+        typer.Option(
+            "--report", help="Also write a self-contained HTML report: confusion matrix, worst mistakes as thumbnails."
+        ),
+    ] = None,
+    calibrate: Annotated[
+        Path | None,
+        typer.Option(
+            "--calibrate",
+            help="Fit the --multi-label score calibration on these labelled images and write it to FILE "
+            "(for classify --calibration FILE).",
+        ),
+    ] = None,
+    max_bytes: MaxBytesOpt = DEFAULT_MAX_BYTES,
+    no_cache: NoCacheOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Measure accuracy on labelled images; prints one JSON record.
+
+    The record has top-1, top-5, per-class recall, the confusion matrix (rows: true class, columns:
+    predicted) and the top-1 of each template alone next to the ensemble's. Exit code 1 if any
+    image could not be read (the record still covers the others).
+    """
+    from ..evaluate import evaluate_run, folder_classes
+    from ..prompts import resolve_prompt_set
+
+    check_folder("--report", report)
+    check_folder("--calibrate", calibrate)
+
+    if folder is None and dataset is None:
+        raise UsageError("give a FOLDER of class sub-folders, or --dataset fashion-mnist")
+    if folder is None and not (dataset or "").lower().replace("_", "-").startswith("fashion-mnist"):
+        raise UsageError(
+            f"--dataset {dataset} without a FOLDER: only fashion-mnist can be read from its IDX files; "
+            "give a FOLDER with one sub-folder per class"
+        )
+    if folder is not None and dataset is None and labels is None and not label:
+        # Classes are the sub-folder names, in sorted order.
+        prompt_set = resolve_prompt_set(labels=folder_classes(folder), templates_file=templates)
+    else:
+        prompt_set = prompt_set_from(dataset, labels, label, templates)
+    show = not quiet and sys.stderr.isatty()
+    from ..assembly import ModelChoice
+
+    prepared = prepare_run(
+        ModelChoice(model, pretrained, preprocess, device, precision.value),
+        prompt_set,
+        use_cache=not no_cache,
+        quiet=quiet,
+    )
+    loaded, text = prepared.loaded, prepared.text
+    with spinner(show, "evaluating"):
+        run = evaluate_run(
+            loaded, text, folder=folder, idx_dir=data_dir, split=split.value, limit=limit,
+            batch_size=batch_size, workers=workers, max_bytes=max_bytes,
+        )  # fmt: skip
+    record, failed = run.record, run.failed
+    if calibrate is not None:
+        from ..calibration import calibrate_on
+
+        record["calibration"] = calibrate_on(run, loaded, text, calibrate)
+    if report is not None:
+        from ..report import eval_report
+
+        with spinner(show, "writing the report"):
+            eval_report(report, run, text, loaded.logit_scale)
+        record["report"] = str(report)
+    if failed:
+        record["errors"] = failed
+    write_record(record)
+    if failed:
+        raise typer.Exit(1)

@@ -1,0 +1,205 @@
+"""Concurrency plumbing for the image core: decoding many items at once with bounded memory and
+records in input order (:func:`decode_stream`), and a helper thread one step ahead (:func:`ahead`)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
+
+log = logging.getLogger("zeroshot")
+T = TypeVar("T")
+
+# Files per round trip to a worker process: each round trip costs about a millisecond of
+# pickling and queue hand-offs, as much as a cache hit's whole work.
+PROCESS_CHUNK = 8
+FETCH_THREADS = 8  # URLs fetched at once (network-bound, so more than the cores)
+
+
+def lookahead_for(batch_size: int, workers: int) -> int:
+    return max(2 * batch_size, 4 * workers)
+
+
+# Long, on purpose: one generator owns the pools (see the comment at its top); its steps share them.
+def decode_stream(
+    items: Iterable[T],
+    decode: Callable[[T], tuple[Any, str | None]],
+    workers: int,
+    lookahead: int,
+    pool_factory: Callable[[], Any] | None = None,
+    remote: Callable[[list[T]], list[tuple[Any, str | None]]] | None = None,
+    chunk: int = 1,
+    ready: Callable[[T], tuple[Any, str | None] | None] | None = None,
+    side: Callable[[T], bool] | None = None,
+) -> Iterator[tuple[T, Any, str | None]]:
+    """Run ``decode`` over items concurrently, yielding (item, payload, error) in input order.
+
+    At most ``lookahead`` items are in flight, so memory stays bounded for any number of items.
+    ``workers`` = 0 (and no pool) decodes in this thread. With ``pool_factory``, a process pool
+    whose workers run ``remote`` on lists of up to ``chunk`` items (fewer round trips per image).
+    A worker that dies (a decoder crash on a hostile file) costs no record: the pool is replaced
+    and the items that were in flight are retried one at a time, so only the file that crashes a
+    worker on its own gets an error record. ``ready`` (run here, in order) may answer an item
+    without a worker, e.g. from a cache; it returns None for the items to decode. Items for which
+    ``side`` is true (URLs: waiting on a network, not a core) are decoded by a separate pool of up
+    to :data:`FETCH_THREADS` threads here, so a slow server holds up neither the files nor the
+    other URLs; their records still come out in input order.
+    """
+    # One generator on purpose: the pools live exactly as long as the iteration, so a consumer that
+    # stops early (a closed pipe, an interrupt) shuts them down by closing it.
+    if workers <= 0 and pool_factory is None:
+        for item in items:
+            answer = ready(item) if ready is not None else None
+            yield (item, *(answer if answer is not None else decode(item)))
+        return
+    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    def new_pool() -> Any:
+        if pool_factory is not None:
+            return pool_factory()
+        return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="zeroshot-decode")
+
+    def local_many(batch: list[T]) -> list[tuple[Any, str | None]]:
+        return [decode(item) for item in batch]
+
+    fn = remote if (pool_factory is not None and remote is not None) else local_many
+    chunk = max(1, chunk) if pool_factory is not None else 1
+    max_chunks = max(2 * workers, lookahead // chunk)
+    pool = new_pool()
+    side_pool: Any = None
+    queue: deque[tuple[list[T], Any]] = deque()
+
+    def take() -> Iterator[tuple[T, Any, str | None]]:
+        nonlocal pool
+        head, fut = queue.popleft()
+        try:
+            results = fut.result()
+        except BrokenProcessPool:
+            pass
+        else:
+            for item, result in zip(head, results, strict=True):
+                yield (item, *result)
+            return
+        # Every chunk in flight was lost with the pool. Retry their items one at a time in a new
+        # pool: an item that kills a worker on its own is the culprit and becomes an error record.
+        lost = [*head, *(item for chunk_items, _ in queue for item in chunk_items)]
+        queue.clear()
+        pool.shutdown(wait=False, cancel_futures=True)
+        pool = new_pool()
+        for item in lost:
+            try:
+                (result,) = pool.submit(fn, [item]).result()
+            except BrokenProcessPool:
+                log.debug("a decoding worker died on %r", item)
+                pool.shutdown(wait=False, cancel_futures=True)
+                pool = new_pool()
+                result = (None, "the image decoder crashed on this file")
+            yield (item, *result)
+
+    try:
+        pending: list[T] = []
+        for item in items:
+            answer = ready(item) if ready is not None else None
+            aside = answer is None and side is not None and side(item)
+            if answer is not None or aside:
+                if pending:  # keep the order: what came before goes out first
+                    queue.append((pending, pool.submit(fn, pending)))
+                    pending = []
+                if aside:
+                    if side_pool is None:
+                        side_pool = ThreadPoolExecutor(max_workers=FETCH_THREADS, thread_name_prefix="zeroshot-fetch")
+                    queue.append(([item], side_pool.submit(local_many, [item])))
+                else:
+                    queue.append(([item], _Done([answer])))
+            else:
+                pending.append(item)
+            if len(pending) >= chunk:
+                queue.append((pending, pool.submit(fn, pending)))
+                pending = []
+            while len(queue) >= max_chunks:
+                yield from take()
+        if pending:
+            queue.append((pending, pool.submit(fn, pending)))
+        while queue:
+            yield from take()
+    finally:
+        for _, fut in queue:  # stopped early (closed pipe, interrupt): drop what is queued
+            fut.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
+        if side_pool is not None:  # a fetch under way ends at its own timeout; nobody waits for it
+            side_pool.shutdown(wait=False, cancel_futures=True)
+
+
+class _Done:
+    """A finished future's stand-in, for items answered without a worker."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def result(self) -> Any:
+        return self.value
+
+    def cancel(self) -> bool:
+        return False
+
+
+_streams: dict[str, Any] = {}
+
+
+def prep_stream(device: Any) -> Any:
+    import torch
+
+    key = str(device)
+    if key not in _streams:
+        _streams[key] = torch.cuda.Stream(device=device)
+    return _streams[key]
+
+
+def ahead(gen: Iterator[T], fn: Callable[[T], Any]) -> Iterator[Any]:
+    """``fn`` over ``gen`` in a helper thread, one result ahead of the consumer.
+
+    When the consumer stops early, the helper is told to stop, joined, and ``gen`` is closed (which
+    shuts its worker pool down) before this generator returns.
+    """
+    import queue
+
+    q: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def put(kind: str, value: Any) -> bool:
+        while not stop.is_set():
+            try:
+                q.put((kind, value), timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run() -> None:
+        try:
+            for x in gen:
+                if not put("item", fn(x)):
+                    return
+            put("end", None)
+        except BaseException as e:  # handed to the consumer and raised there
+            put("error", e)
+
+    thread = threading.Thread(target=run, name="zeroshot-prepare", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = q.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
+        thread.join()
+        close = getattr(gen, "close", None)
+        if close is not None:
+            close()
