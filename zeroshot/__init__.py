@@ -77,6 +77,27 @@ class Zeroshot:
             self.choice, prompt_set, classifier_file=classifier_file, use_cache=use_cache, loaded=self.loaded
         ).text
 
+    def adapt(
+        self,
+        examples: str | os.PathLike[str],
+        prompt_set: PromptSet | None = None,
+        *,
+        seed: int = 0,
+        workers: int | None = None,
+        image_cache: Any = None,
+    ) -> Any:
+        """A text classifier adapted to labelled examples (a folder with one sub-folder per class),
+        as ``zeroshot adapt`` makes it; ``prompt_set`` defaults to the sub-folder names. Use it with
+        :meth:`classify`, or write it with :func:`zeroshot.export.save_classifier`."""
+        from .adapt import adapt_folder
+
+        if prompt_set is None:
+            from .evaluate import folder_classes
+
+            prompt_set = resolve_prompt_set(labels=folder_classes(Path(examples)))
+        text = self.text_classifier(prompt_set)
+        return adapt_folder(self.loaded, text, Path(examples), seed=seed, workers=workers, image_cache=image_cache).text
+
     def classify(
         self,
         paths: Iterable[str],

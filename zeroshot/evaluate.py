@@ -69,6 +69,7 @@ def image_features(
     workers: int | None = None,
     keys_out: list[str | int] | None = None,
     max_bytes: int | None = None,
+    image_cache: Any = None,
 ) -> tuple[Any, Any, list[dict[str, str]]]:
     """(normalized features [N, D], labels [N], failures) for the items that decoded.
 
@@ -76,7 +77,8 @@ def image_features(
     the same decoding, preprocessing and batching), so what ``eval`` measures is what ``classify``
     ships; in-memory images (IDX datasets) enter it decoded by the same decoder.
     ``keys_out``, when given, receives each decoded item's key (path or array index), in order.
-    ``max_bytes``: the byte cap per file (None: the default; 0: none), as for ``classify``.
+    ``max_bytes``: the byte cap per file (None: the default; 0: none), as for ``classify``;
+    ``image_cache``: an :class:`~zeroshot.imagecache.ImageEmbeddingCache` for files seen before.
     """
     import torch
     import torch.nn.functional as F
@@ -84,7 +86,7 @@ def image_features(
     options = DecodeOptions(workers=workers)
     if max_bytes is not None:
         options.max_bytes = max_bytes
-    encoder = ImageEncoder(loaded, batch_size=batch_size, options=options)
+    encoder = ImageEncoder(loaded, batch_size=batch_size, options=options, image_cache=image_cache)
     labelled: dict[int, Labelled] = {}
 
     def as_input(item: Labelled) -> Input:

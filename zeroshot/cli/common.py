@@ -101,6 +101,18 @@ def prompt_set_from(
     return resolve_prompt_set(dataset=dataset, labels_file=labels, labels=label or (), templates_file=templates)
 
 
+def folder_prompt_set(
+    folder: Path | None, dataset: str | None, labels: Path | None, label: list[str] | None, templates: Path | None
+) -> PromptSet:
+    """A labelled folder's classes: the ones asked for, else its sub-folder names (sorted)."""
+    if folder is not None and dataset is None and labels is None and not label:
+        from ..evaluate import folder_classes
+        from ..prompts import resolve_prompt_set
+
+        return resolve_prompt_set(labels=folder_classes(folder), templates_file=templates)
+    return prompt_set_from(dataset, labels, label, templates)
+
+
 def stderr_console() -> Console:
     from rich.console import Console
 

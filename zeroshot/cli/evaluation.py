@@ -28,8 +28,8 @@ from .common import (
     TemplatesOpt,
     WorkersOpt,
     check_folder,
+    folder_prompt_set,
     prepare_run,
-    prompt_set_from,
     spinner,
     write_record,
 )
@@ -73,6 +73,20 @@ def eval_cmd(
             "(for classify --calibration FILE).",
         ),
     ] = None,
+    shots: Annotated[
+        int | None,
+        typer.Option(
+            "--shots",
+            min=1,
+            help="Also adapt to K examples per class (zeroshot adapt) and report zero-shot, a linear "
+            "probe, class means and the adapted classifier side by side: the examples come from --train, the "
+            "IDX train split, or this folder (scored on the rest).",
+        ),
+    ] = None,
+    seeds: Annotated[int, typer.Option("--seeds", min=1, help="With --shots: draws of the examples.")] = 5,
+    train: Annotated[
+        Path | None, typer.Option("--train", help="With --shots: draw the examples from this labelled folder.")
+    ] = None,
     max_bytes: MaxBytesOpt = DEFAULT_MAX_BYTES,
     no_cache: NoCacheOpt = False,
     quiet: QuietOpt = False,
@@ -83,11 +97,12 @@ def eval_cmd(
     predicted) and the top-1 of each template alone next to the ensemble's. Exit code 1 if any
     image could not be read (the record still covers the others).
     """
-    from ..evaluate import evaluate_run, folder_classes
-    from ..prompts import resolve_prompt_set
+    from ..evaluate import evaluate_run
 
     check_folder("--report", report)
     check_folder("--calibrate", calibrate)
+    if train is not None and shots is None:
+        raise UsageError("--train is for --shots")
 
     if folder is None and dataset is None:
         raise UsageError("give a FOLDER of class sub-folders, or --dataset fashion-mnist")
@@ -96,11 +111,7 @@ def eval_cmd(
             f"--dataset {dataset} without a FOLDER: only fashion-mnist can be read from its IDX files; "
             "give a FOLDER with one sub-folder per class"
         )
-    if folder is not None and dataset is None and labels is None and not label:
-        # Classes are the sub-folder names, in sorted order.
-        prompt_set = resolve_prompt_set(labels=folder_classes(folder), templates_file=templates)
-    else:
-        prompt_set = prompt_set_from(dataset, labels, label, templates)
+    prompt_set = folder_prompt_set(folder, dataset, labels, label, templates)
     show = not quiet and sys.stderr.isatty()
     from ..assembly import ModelChoice
 
@@ -117,6 +128,14 @@ def eval_cmd(
             batch_size=batch_size, workers=workers, max_bytes=max_bytes,
         )  # fmt: skip
     record, failed = run.record, run.failed
+    if shots is not None:
+        from ..adapt import few_shot_eval
+
+        with spinner(show, f"adapting to {shots} examples per class, {seeds} draws"):
+            record["few_shot"] = few_shot_eval(
+                loaded, text, run, shots, seeds, train=train, idx_dir=data_dir, batch_size=batch_size,
+                workers=workers, max_bytes=max_bytes,
+            )  # fmt: skip
     if calibrate is not None:
         from ..calibration import calibrate_on
 

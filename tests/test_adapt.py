@@ -1,0 +1,109 @@
+"""`zeroshot adapt` and `eval --shots`: few-shot adaptation, written as a classify-ready file."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+
+import zeroshot
+from zeroshot.adapt import adapt, fit
+from zeroshot.models import BUNDLED_NAME
+
+from .conftest import invoke
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "fashion"
+# fashion-mnist pack class -> example file prefix; two classes get no examples
+FOLDERS = {"t-shirt/top": "t-shirt-top", "trouser": "trouser", "pullover": "pullover", "dress": "dress",
+           "coat": "coat", "sandal": "sandal", "shirt": "shirt", "sneaker": "sneaker"}  # fmt: skip
+MODEL = ["-m", BUNDLED_NAME, "--dataset", "fashion-mnist", "--workers", "0"]
+
+
+@pytest.fixture(scope="module")
+def adapted(tmp_path_factory):
+    root = tmp_path_factory.mktemp("adapt")
+    folder = root / "examples"
+    for cls, prefix in FOLDERS.items():
+        sub = folder / cls.replace("/", "_")  # eval's folder matching: 't-shirt/top' -> 't-shirt_top'
+        sub.mkdir(parents=True)
+        for p in sorted(EXAMPLES.glob(f"{prefix}-*.png")):
+            shutil.copy(p, sub / p.name)
+    (folder / "coat" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    out = root / "adapted.safetensors"
+    result = invoke("adapt", folder, *MODEL, "-o", out, "--seed", "3")
+    return folder, out, result
+
+
+def test_bad_examples_are_listed_and_the_rest_is_used(adapted):
+    _, out, result = adapted
+    assert result.exit_code == 1 and out.is_file()
+    record = json.loads(result.stdout)
+    assert [Path(e["path"]).name for e in record["errors"]] == ["broken.png"]
+    assert record["examples"] == 32 and record["shots"] == {c: 4 for c in FOLDERS}
+    assert "could not be read and were left out" in result.stderr
+
+
+def test_file_round_trips_through_classify_and_keeps_unseen_classes(adapted):
+    _, out, _ = adapted
+    with safe_open(str(out), "np") as f:
+        weights, meta = f.get_tensor("weights"), f.metadata()
+    assert json.loads(meta["shots"]) == {c: 4 for c in FOLDERS} and "CLAP" in meta["method"]
+    assert len(json.loads(meta["examples"])) == 32 and all(len(h) == 64 for _, h in json.loads(meta["examples"]))
+    clf = zeroshot.Zeroshot(model=BUNDLED_NAME, device="cpu")
+    zero = clf.text_classifier(zeroshot.resolve_prompt_set(dataset="fashion-mnist"))
+    for i, cls in enumerate(zero.classes):  # bag and ankle boot had no examples: bit for bit zero-shot
+        assert np.array_equal(weights[i], zero.weights[i]) == (cls not in FOLDERS), cls
+    images = sorted(str(p) for p in EXAMPLES.glob("*.png"))
+    result = invoke("classify", *images, "--classifier", out, "-m", BUNDLED_NAME, "--workers", "0", "-k", "10")
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    library = list(clf.classify(images, clf.text_classifier(classifier_file=out), workers=0, top_k=10))
+    assert records == json.loads(json.dumps(library))
+    assert records != json.loads(json.dumps(list(clf.classify(images, zero, workers=0, top_k=10))))
+
+
+def test_adapt_is_deterministic_for_a_seed_and_the_library_agrees(adapted, tmp_path):
+    folder, out, _ = adapted
+    again = tmp_path / "again.safetensors"
+    invoke("adapt", folder, *MODEL, "-o", again, "--seed", "3")
+    clf = zeroshot.Zeroshot(model=BUNDLED_NAME, device="cpu")
+    library = clf.adapt(folder, zeroshot.resolve_prompt_set(dataset="fashion-mnist"), seed=3, workers=0)
+    with safe_open(str(out), "np") as a, safe_open(str(again), "np") as b:
+        assert np.array_equal(a.get_tensor("weights"), b.get_tensor("weights"))
+        assert np.array_equal(a.get_tensor("weights"), library.weights)
+
+
+def test_the_pull_moves_from_zero_shot_to_a_linear_probe():
+    """A strong pull keeps the zero-shot weights; cross-validation keeps them when they classify the
+    examples, and lets go when the examples lie where the text weights do not point."""
+    g = torch.Generator().manual_seed(0)
+    w0 = torch.nn.functional.normalize(torch.randn(3, 16, generator=g), dim=-1)
+    labels = torch.arange(3).repeat_interleave(8)
+
+    def around(centres):
+        return torch.nn.functional.normalize(centres[labels] + 0.2 * torch.randn(24, 16, generator=g), dim=-1)
+
+    near = around(w0)  # examples where zero-shot already puts them
+    assert torch.allclose(fit(near, labels, w0, 100.0, 1e4), w0, atol=1e-3)
+    assert adapt(near, labels, w0, 100.0, ["a", "b", "c"]).lam == 1e4
+    elsewhere = around(torch.nn.functional.normalize(torch.randn(3, 16, generator=g), dim=-1))
+    zero_shot = (elsewhere @ w0.T).argmax(dim=1).eq(labels).float().mean()
+    chosen = adapt(elsewhere, labels, w0, 100.0, ["a", "b", "c"])
+    assert chosen.lam < 1e4 and (elsewhere @ chosen.weights.T).argmax(dim=1).eq(labels).float().mean() > 0.9
+    assert zero_shot < 0.7
+
+
+def test_eval_shots_reports_the_methods_side_by_side(adapted):
+    folder, _, _ = adapted
+    shutil.rmtree(folder / "coat", ignore_errors=True)  # only readable examples here
+    result = invoke("eval", folder, *MODEL, "--shots", "2", "--seeds", "2")
+    assert result.exit_code == 0, result.output
+    few = json.loads(result.stdout)["few_shot"]
+    assert few["shots"] == 2 and few["seeds"] == 2 and len(few["pull"]) == 2
+    for name in ("zero_shot", "linear_probe", "class_means", "adapted"):
+        assert len(few[name]["runs"]) == 2 and few[name]["min"] <= few[name]["mean"] <= few[name]["max"]

@@ -1,0 +1,115 @@
+"""``zeroshot adapt``: a classifier file adapted to a few labelled examples per class."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..models import Precision
+from ..reading import DEFAULT_MAX_BYTES
+from .app import app, handle_errors
+from .common import (
+    DatasetOpt,
+    DeviceOpt,
+    LabelOpt,
+    LabelsOpt,
+    MaxBytesOpt,
+    ModelOpt,
+    NoCacheOpt,
+    PrecisionOpt,
+    PreprocessOpt,
+    PretrainedOpt,
+    QuietOpt,
+    TemplatesOpt,
+    WorkersOpt,
+    check_folder,
+    folder_prompt_set,
+    prepare_run,
+    spinner,
+    write_record,
+)
+
+METHOD = "constrained linear probe from the zero-shot weights, pull chosen by cross-validation (CLAP-style)"
+
+
+@app.command("adapt")
+@handle_errors
+def adapt_cmd(
+    examples: Annotated[Path, typer.Argument(help="Folder with one sub-folder of example images per class.")],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="The classifier file to write (for classify --classifier FILE).")
+    ],
+    labels: LabelsOpt = None,
+    label: LabelOpt = None,
+    dataset: DatasetOpt = None,
+    templates: TemplatesOpt = None,
+    model: ModelOpt = None,
+    pretrained: PretrainedOpt = None,
+    preprocess: PreprocessOpt = None,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = Precision.AUTO,
+    seed: Annotated[int, typer.Option("--seed", help="Seeds the cross-validation folds and the fits.")] = 0,
+    cache_images: Annotated[
+        bool, typer.Option("--cache-images", help="Reuse and store image embeddings (re-adapting re-encodes nothing).")
+    ] = False,
+    workers: WorkersOpt = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per model call.")] = 64,
+    max_bytes: MaxBytesOpt = DEFAULT_MAX_BYTES,
+    no_cache: NoCacheOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Adapt the zero-shot classifier to a few labelled examples per class; writes a classifier file.
+
+    Classes are the prompt set's (--dataset, --labels, ...), else the sub-folder names; a class
+    without examples keeps its zero-shot weights. Prints one JSON record. Exit code 1 if an example
+    could not be read (the file is still written, from the others).
+    """
+    from ..adapt import adapt_folder
+    from ..assembly import ModelChoice
+    from ..export import save_classifier
+
+    start = time.perf_counter()
+    check_folder("--output", output)
+    prompt_set = folder_prompt_set(examples, dataset, labels, label, templates)
+    prepared = prepare_run(
+        ModelChoice(model, pretrained, preprocess, device, precision.value), prompt_set, use_cache=not no_cache,
+        quiet=quiet,
+    )  # fmt: skip
+    loaded, text = prepared.loaded, prepared.text
+    image_cache = None
+    if cache_images:
+        from ..imagecache import image_cache_key, open_image_cache
+
+        image_cache = open_image_cache(image_cache_key(loaded), loaded.embed_dim)
+    try:
+        with spinner(not quiet and sys.stderr.isatty(), "adapting"):
+            run = adapt_folder(loaded, text, examples, seed=seed, batch_size=batch_size, workers=workers,
+                               max_bytes=max_bytes, image_cache=image_cache)  # fmt: skip
+    finally:
+        if image_cache is not None:
+            image_cache.close()
+    adapted = run.adapted
+    save_classifier(
+        output, prepared.spec, text.prompt_set, run.text.weights, precision=prepared.precision, method=METHOD,
+        pull=adapted.lam, seed=seed, shots=json.dumps(adapted.shots, ensure_ascii=False),
+        cross_validation=json.dumps({str(k): v for k, v in adapted.cv_accuracy.items()}),
+        examples=json.dumps(run.examples, ensure_ascii=False),
+    )  # fmt: skip
+    record = {
+        "output": str(output), "classes": len(text.classes), "examples": len(run.examples), "shots": adapted.shots,
+        "pull": adapted.lam, "cross_validation": {str(k): v for k, v in adapted.cv_accuracy.items()},
+        "model": prepared.spec.model, "pretrained": prepared.spec.pretrained,
+        "seconds": round(time.perf_counter() - start, 3),
+    }  # fmt: skip
+    if run.failed:
+        record["errors"] = run.failed
+    write_record(record)
+    if run.failed:
+        if not quiet:
+            sys.stderr.write(f"zeroshot: {len(run.failed)} example file(s) could not be read and were left out\n")
+        raise typer.Exit(1)
