@@ -206,11 +206,14 @@ def few_shot(
     w0 = torch.as_tensor(w0).float()
     runs: dict[str, list[float]] = {"zero_shot": [], "linear_probe": [], "class_means": [], "adapted": []}
     chosen: list[float] = []
+    pool_labels = labels[torch.as_tensor(list(pool), dtype=torch.long)].tolist()
+    by_class: list[list[int]] = [[] for _ in classes]  # the pool's indices per class, once for all seeds
+    for i, y in zip(pool, pool_labels, strict=True):
+        by_class[y].append(int(i))
     for seed in range(seeds):
         g = torch.Generator().manual_seed(seed)
         draw = []
-        for c in range(len(classes)):
-            idx = [int(i) for i in pool if int(labels[i]) == c]
+        for idx in by_class:
             order = torch.randperm(len(idx), generator=g)[:shots].tolist()
             draw += [idx[j] for j in order]
         drawn = torch.tensor(draw, dtype=torch.long)
