@@ -8,7 +8,7 @@ same photo-sized JPEGs for every row:
   default options and with each decoding option, and each option's score difference from the default;
 - a plain open_clip loop as its README shows (one image at a time, labels re-encoded each time);
 - the Hugging Face ``zero-shot-image-classification`` pipeline on a random-weights CLIP of the same
-  architecture (needs ``pip install 'zeroshot[bench]'``; skipped with a note otherwise).
+  architecture (needs ``pip install 'zeroshot-clip[bench]'``; skipped with a note otherwise).
 
     .venv/bin/python benchmarks/classify_throughput.py [--images 256] [--device cpu]
 """
@@ -99,7 +99,7 @@ def hf_pipeline(work: Path, device: str, paths: list[Path], labels: list[str], b
         import transformers
         from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer, pipeline
     except ImportError:
-        return "skipped (pip install 'zeroshot[bench]')"
+        return "skipped (pip install 'zeroshot-clip[bench]')"
     import open_clip
     import open_clip.tokenizer as oct
 

@@ -162,6 +162,10 @@ def test_broken_download_then_retry_then_offline_from_the_cache(hub, pictures, t
     hub.failing.clear()
     again = run_classify(hub, own, pictures, "PE-Core-T-16-384", "meta")
     assert again.returncode == 0, again.stderr
+    # Once every file is in the cache, a run asks the Hub nothing at all (no revision check either).
+    asked = len(hub.requests)
+    cached = run_classify(hub, own, pictures, "PE-Core-T-16-384", "meta")
+    assert cached.returncode == 0 and cached.stdout == again.stdout and len(hub.requests) == asked, hub.requests[asked:]
     # Offline: the Hub unreachable (a closed port) and huggingface_hub told so; the cache serves.
     dead = {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "1"}
     offline = run_classify(hub, own, pictures, "PE-Core-T-16-384", "meta", env_extra=dead)

@@ -31,12 +31,13 @@ def test_scores_follow_their_documented_formulas():
     x = F.normalize(feats, dim=-1).double().numpy()
     cos, ref = x @ weights.double().numpy().T, x @ bg.double().numpy()
     sig = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
-    got = multilabel_scores(feats, weights, 50.0, MultiLabel(background=bg)).double().numpy()
-    assert np.allclose(got, sig(50.0 * (cos - ref[:, None])), atol=1e-6)
+    got = multilabel_scores(feats, weights, 50.0, MultiLabel(background=bg))
+    assert got.dtype == np.float64  # numpy, float64: the same with or without torch
+    assert np.allclose(got, sig(50.0 * (cos - ref[:, None])), atol=1e-12)
     got = multilabel_scores(feats, weights, 50.0, MultiLabel(kind="calibrated", scale=12.0, bias=-3.0))
-    assert np.allclose(got.double().numpy(), sig(12.0 * cos - 3.0), atol=1e-6)
+    assert np.allclose(got, sig(12.0 * cos - 3.0), atol=1e-12)
     got = multilabel_scores(feats, weights, 50.0, MultiLabel(kind="model", bias=-10.0))
-    assert np.allclose(got.double().numpy(), sig(50.0 * cos - 10.0), atol=1e-6)
+    assert np.allclose(got, sig(50.0 * cos - 10.0), atol=1e-12)
 
 
 def test_records_list_exactly_the_labels_over_the_threshold():

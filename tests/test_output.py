@@ -86,7 +86,8 @@ def test_output_file_is_written_whole(inputs, tmp_path):
     result = run(*inputs, *BASE, "--output", str(target))
     assert result.stdout == ""
     assert [json.loads(line)["path"] for line in target.read_text().splitlines()] == inputs
-    assert [p.name for p in target.parent.iterdir()] == ["records.jsonl"]
+    # The records and their manifest, and no temporary file left behind.
+    assert sorted(p.name for p in target.parent.iterdir()) == ["records.jsonl", "records.jsonl.manifest.json"]
     assert run(*inputs, *BASE, "-o", str(tmp_path / "no" / "such" / "dir.jsonl")).exit_code == 2
     # The records file is the user's: usual permissions (umask), not the temporary file's 0600.
     mask = os.umask(0)

@@ -38,7 +38,7 @@ def test_wheel_contains_packs_and_they_load_outside_the_checkout(tmp_path):
         check=True,
         capture_output=True,
     )
-    (wheel,) = (tmp_path / "dist").glob("zeroshot-*.whl")
+    (wheel,) = (tmp_path / "dist").glob("zeroshot_clip-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     for pack in ("cifar10", "cifar100", "imagenet", "default"):
         assert f"zeroshot/prompt_packs/{pack}.yaml" in names

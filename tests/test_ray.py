@@ -17,7 +17,7 @@ from zeroshot.cli import app
 
 from .conftest import ARCH, make_image
 
-ray = pytest.importorskip("ray", reason="the Ray engine needs zeroshot[ray]")
+ray = pytest.importorskip("ray", reason="the Ray engine needs zeroshot-clip[ray]")
 
 LABELS = ["--label", "red fox", "--label", "tabby cat", "--label", "sports car"]
 
@@ -127,7 +127,7 @@ def test_without_ray_a_clear_error(monkeypatch, folder, tmp_path):
     monkeypatch.setitem(sys.modules, "ray", None)  # as if it were not installed
     result = CliRunner().invoke(app, ["classify", str(folder), *LABELS, "--engine", "ray", "-o", str(tmp_path / "o")])
     assert result.exit_code == 2
-    assert "pip install 'zeroshot[ray]'" in result.stderr and len(result.stderr.splitlines()) == 1
+    assert "pip install 'zeroshot-clip[ray]'" in result.stderr and len(result.stderr.splitlines()) == 1
 
 
 def _actor_pids(root: int) -> list[int]:

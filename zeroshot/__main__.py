@@ -1,3 +1,3 @@
-from zeroshot.cli import main
+from zeroshot.cli import run
 
-main()
+run()

@@ -55,6 +55,11 @@ class Loading:
     def notes(self, notes: list[str]) -> None:
         """What loading inferred (a checkpoint file's preprocessing, QuickGELU)."""
 
+    def prompts(self, total: int) -> Callable[[int], None] | None:
+        """Who hears how many more prompts were encoded, out of ``total``, while a text classifier is
+        built (None: nobody)."""
+        return None
+
 
 @dataclass
 class Prepared:
@@ -68,9 +73,34 @@ class Prepared:
     rule: MultiLabelRule | None
     load: Callable[[], LoadedModel] = field(repr=False)
 
+    box: list[LoadedModel] = field(default_factory=list, repr=False)  # the model, once loaded
+
     @property
     def loaded(self) -> LoadedModel:
         return self.load()
+
+    @property
+    def is_loaded(self) -> bool:
+        return bool(self.box)
+
+    @property
+    def loaded_if_any(self) -> LoadedModel | None:
+        """The model if something loaded it, without loading it."""
+        return self.box[0] if self.box else None
+
+
+class _Deferred:
+    """A progress callback made on its first call (a cache hit makes none, so shows nothing)."""
+
+    def __init__(self, make: Callable[[], Callable[[int], None] | None]) -> None:
+        self.make, self.made = make, False
+        self.fn: Callable[[int], None] | None = None
+
+    def __call__(self, n: int) -> None:
+        if not self.made:
+            self.made, self.fn = True, self.make()
+        if self.fn is not None:
+            self.fn(n)
 
 
 def spec_for(choice: ModelChoice, file: ClassifierFile | None = None) -> ModelSpec:
@@ -156,7 +186,7 @@ def prepare(
         assert prompt_set is not None
         text = get_text_classifier(
             spec, prompt_set, load, use_cache=use_cache, precision=precision, batch_size=batch_size,
-            refresh=refresh,
+            refresh=refresh, progress=_Deferred(lambda: loading.prompts(prompt_set.prompt_count())),
         )  # fmt: skip
     rule = None
     if multi_label is not None:
@@ -164,4 +194,4 @@ def prepare(
             spec, text.prompt_set, load, threshold=multi_label.threshold, background=multi_label.background,
             calibration=multi_label.calibration,
         )  # fmt: skip
-    return Prepared(spec=spec, device=device, precision=precision, text=text, rule=rule, load=load)
+    return Prepared(spec=spec, device=device, precision=precision, text=text, rule=rule, load=load, box=box)

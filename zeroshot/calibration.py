@@ -158,6 +158,7 @@ def check_calibration_model(cal: Calibration, spec: ModelSpec) -> None:
 def calibrate_on(run: EvalRun, loaded: LoadedModel, text: TextClassifier, path: str | Path) -> dict[str, Any]:
     """Fit the multi-label calibration on an eval run (``eval --calibrate FILE``), write it to
     ``path``, and say how well it fits: expected calibration error before and after."""
+    import torch
     import torch.nn.functional as F
 
     from .classifier import multilabel_rule
@@ -168,8 +169,8 @@ def calibrate_on(run: EvalRun, loaded: LoadedModel, text: TextClassifier, path: 
     sims = run.sims(text)
     a, b = fit_platt(sims, run.labels, init_scale=loaded.logit_scale)
     present = F.one_hot(run.labels, len(text.classes)).bool()
-    before = multilabel_scores(run.feats, text.tensor(run.feats.device), loaded.logit_scale,
-                               multilabel_rule(loaded, text.prompt_set))  # fmt: skip
+    before = torch.from_numpy(multilabel_scores(run.feats, text.weights, loaded.logit_scale,
+                                                multilabel_rule(loaded, text.prompt_set)))  # fmt: skip
     after = (a * sims + b).sigmoid()
     info = {
         "a": a,

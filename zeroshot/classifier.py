@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     import numpy as np
 
 log = logging.getLogger("zeroshot")
+Progress = Callable[[int], None] | None  # hears how many more prompts were encoded
 
 
 @dataclass
@@ -39,6 +40,9 @@ class TextClassifier:
     cache_path: Path | None
     cache_hit: bool
     seconds: float
+    # What scoring needs from the model, stored with a cached classifier (:func:`scoring_facts`):
+    # with it and every image embedding cached, classify needs no model at all.
+    scoring: dict[str, Any] | None = None
     _on: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -55,7 +59,9 @@ class TextClassifier:
         return self._on[key]
 
 
-def _encode_grouped(loaded: LoadedModel, tokens: Any, groups: list[list[int]], batch_size: int) -> Any:
+def _encode_grouped(
+    loaded: LoadedModel, tokens: Any, groups: list[list[int]], batch_size: int, progress: Progress = None
+) -> Any:
     """Unnormalized-then-normalized embeddings of ``tokens`` rows, each group sharing its prefix."""
     import torch
     import torch.nn.functional as F
@@ -78,6 +84,8 @@ def _encode_grouped(loaded: LoadedModel, tokens: Any, groups: list[list[int]], b
                 if out.numel() == 0:
                     out = torch.empty(len(tokens), feats.shape[1], device=feats.device)
                 out[idx[pick].to(feats.device)] = feats
+                if progress is not None:
+                    progress(len(pick))
     return out
 
 
@@ -111,7 +119,9 @@ def tokenize(loaded: LoadedModel, texts: list[str]) -> Any:
     return tokens
 
 
-def encode_texts(loaded: LoadedModel, texts: list[str], batch_size: int = 256, trim: bool | None = None) -> Any:
+def encode_texts(
+    loaded: LoadedModel, texts: list[str], batch_size: int = 256, trim: bool | None = None, progress: Progress = None
+) -> Any:
     """L2-normalized embeddings of ``texts`` [N, dim], float32, in the order given.
 
     With ``trim`` (default: whenever :func:`trimmable`), prompts are sorted by token length and each
@@ -132,6 +142,8 @@ def encode_texts(loaded: LoadedModel, texts: list[str], batch_size: int = 256, t
             batch = tokens[order[start : start + batch_size]].to(loaded.device)
             feats = encode_trimmed(model, batch) if trim else model.encode_text(batch)
             chunks.append(F.normalize(feats.float(), dim=-1))
+            if progress is not None:
+                progress(len(batch))
         if chunks:
             stacked = torch.cat(chunks)
             out = torch.empty_like(stacked)
@@ -140,7 +152,11 @@ def encode_texts(loaded: LoadedModel, texts: list[str], batch_size: int = 256, t
 
 
 def encode_prompt_set(
-    loaded: LoadedModel, prompt_set: PromptSet, batch_size: int = 256, trim: bool | None = None
+    loaded: LoadedModel,
+    prompt_set: PromptSet,
+    batch_size: int = 256,
+    trim: bool | None = None,
+    progress: Progress = None,
 ) -> Any:
     """[num_classes, dim] float32 class embeddings on the model's device.
 
@@ -156,21 +172,23 @@ def encode_prompt_set(
     import torch.nn.functional as F
 
     if not prompt_set.uniform:
-        return _encode_per_class(loaded, prompt_set, batch_size, trim)
+        return _encode_per_class(loaded, prompt_set, batch_size, trim, progress)
     num_classes, num_templates = len(prompt_set.classes), len(prompt_set.templates)
     prompts = prompt_set.all_prompts()
     if (trim is None or trim) and prompts and prefix_shareable(loaded.model):
         # Class-major order: template t of class c is row c * T + t; one group per template.
         groups = [list(range(t, len(prompts), num_templates)) for t in range(num_templates)]
-        per_prompt = _encode_grouped(loaded, tokenize(loaded, prompts), groups, batch_size)
+        per_prompt = _encode_grouped(loaded, tokenize(loaded, prompts), groups, batch_size, progress)
     else:
-        per_prompt = encode_texts(loaded, prompts, batch_size, trim)
+        per_prompt = encode_texts(loaded, prompts, batch_size, trim, progress)
     with torch.inference_mode():
         mean = per_prompt.reshape(num_classes, num_templates, -1).mean(dim=1)
         return F.normalize(mean, dim=-1)
 
 
-def _encode_per_class(loaded: LoadedModel, prompt_set: PromptSet, batch_size: int, trim: bool | None) -> Any:
+def _encode_per_class(
+    loaded: LoadedModel, prompt_set: PromptSet, batch_size: int, trim: bool | None, progress: Progress
+) -> Any:
     """:func:`encode_prompt_set` for classes with prompts of their own (a different count each)."""
     import torch
     import torch.nn.functional as F
@@ -184,9 +202,11 @@ def _encode_per_class(loaded: LoadedModel, prompt_set: PromptSet, batch_size: in
             by_template.setdefault(t, []).append(len(prompts))
             prompts.append(prompt)
     if (trim is None or trim) and prefix_shareable(loaded.model):
-        per_prompt = _encode_grouped(loaded, tokenize(loaded, prompts), list(by_template.values()), batch_size)
+        per_prompt = _encode_grouped(
+            loaded, tokenize(loaded, prompts), list(by_template.values()), batch_size, progress
+        )
     else:
-        per_prompt = encode_texts(loaded, prompts, batch_size, trim)
+        per_prompt = encode_texts(loaded, prompts, batch_size, trim, progress)
     with torch.inference_mode():
         means = [rows.mean(dim=0) for rows in per_prompt.split(counts)]
         return F.normalize(torch.stack(means), dim=-1)
@@ -226,6 +246,7 @@ def get_text_classifier(
     batch_size: int = 256,
     precision: str = "fp32",
     refresh: bool = False,
+    progress: Progress = None,
 ) -> TextClassifier:
     """The classifier for ``prompt_set`` from the cache, or built with ``load()`` and stored.
 
@@ -245,28 +266,81 @@ def get_text_classifier(
             except (cache.CorruptEntry, OSError) as e:
                 log.warning("cache file %s is unusable (%s); rebuilding it", path, e)
             else:
-                return TextClassifier(prompt_set, entry.weights, path, True, time.perf_counter() - start)
+                took = time.perf_counter() - start
+                return TextClassifier(prompt_set, entry.weights, path, True, took, _stored_scoring(entry.meta))
 
     loaded = load()
-    weights = encode_prompt_set(loaded, prompt_set, batch_size).float().cpu().numpy()
+    weights = encode_prompt_set(loaded, prompt_set, batch_size, progress=progress).float().cpu().numpy()
+    scoring = scoring_facts(loaded)
     if use_cache and path is not None and key is not None:
         try:
-            cache.save_entry(
-                path,
-                key,
-                weights,
-                {
-                    "name": prompt_set.name,
-                    "model": spec.label,
-                    "classes": len(prompt_set.classes),
-                    "templates": len(prompt_set.templates),
-                    "prompts": prompt_set.prompt_count(),
-                },
-            )
+            cache.save_entry(path, key, weights, _entry_info(spec, prompt_set, scoring))
         except CacheError as e:
             cache.warn_unwritable("the text classifier", e.__cause__ or e)
             path = None
-    return TextClassifier(prompt_set, weights, path, False, time.perf_counter() - start)
+    return TextClassifier(prompt_set, weights, path, False, time.perf_counter() - start, scoring)
+
+
+def _entry_info(spec: ModelSpec, prompt_set: PromptSet, scoring: dict[str, Any]) -> dict[str, Any]:
+    import json
+
+    return {
+        "name": prompt_set.name,
+        "model": spec.label,
+        "classes": len(prompt_set.classes),
+        "templates": len(prompt_set.templates),
+        "prompts": prompt_set.prompt_count(),
+        "scoring": json.dumps(scoring, sort_keys=True),
+    }
+
+
+def scoring_facts(loaded: LoadedModel) -> dict[str, Any]:
+    """What scoring images against a classifier needs from the model, besides its image tower:
+    the learned temperature, the learned bias (sigmoid models) and the image-embedding cache's key
+    (the model identity and preprocessing its embeddings belong to)."""
+    from .imagecache import image_cache_key
+
+    bias = getattr(loaded.model, "logit_bias", None)
+    return {
+        "logit_scale": loaded.logit_scale,
+        "logit_bias": None if bias is None else float(bias.detach().float().reshape(-1)[0]),
+        "image_key": image_cache_key(loaded),
+        "embed_dim": loaded.embed_dim,
+    }
+
+
+def _stored_scoring(meta: dict[str, str]) -> dict[str, Any] | None:
+    """A cache entry's scoring facts, when it has them whole (entries from before they were stored
+    have none; the first run that loads the model adds them: :func:`remember_scoring`)."""
+    import json
+
+    try:
+        facts = json.loads(meta.get("scoring", "null"))
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(facts, dict):
+        return None
+    ok = (
+        isinstance(facts.get("logit_scale"), float)
+        and isinstance(facts.get("logit_bias"), float | None)
+        and isinstance(facts.get("image_key"), str)
+        and isinstance(facts.get("embed_dim"), int)
+    )
+    return facts if ok else None
+
+
+def remember_scoring(spec: ModelSpec, text: TextClassifier, loaded: LoadedModel) -> None:
+    """Store the model's scoring facts with a cached classifier that lacks them (atomically; a
+    cache that cannot be written is passed over: it only costs the next run its shortcut)."""
+    entry = text.cache_path
+    if entry is None or text.scoring is not None or entry.parent != cache.cache_dir() / cache.TEXT_SUBDIR:
+        return  # not a cache entry (a classifier file names itself here), or it has them
+    text.scoring = scoring_facts(loaded)
+    try:
+        key = cache.read_metadata(entry).get("key", "")
+        cache.save_entry(entry, key, text.weights, _entry_info(spec, text.prompt_set, text.scoring))
+    except (cache.CorruptEntry, CacheError, OSError) as e:
+        log.debug("could not add scoring facts to %s: %s", text.cache_path, e)
 
 
 def multilabel_rule(

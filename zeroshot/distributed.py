@@ -1,6 +1,6 @@
 """The same classifier on a Ray cluster: Ray Data's streaming batch inference, zeroshot's records.
 
-Install with ``pip install 'zeroshot[ray]'`` (Ray's ``data`` extra). Nothing here is imported by
+Install with ``pip install 'zeroshot-clip[ray]'`` (Ray's ``data`` extra). Nothing here is imported by
 the rest of zeroshot; without Ray, :func:`require_ray` says what to install.
 
 The pieces:
@@ -41,7 +41,7 @@ from .errors import UsageError
 if TYPE_CHECKING:
     from .ranking import Record
 
-RAY_HINT = "the Ray engine needs Ray Data: pip install 'zeroshot[ray]' (or pip install 'ray[data]')"
+RAY_HINT = "the Ray engine needs Ray Data: pip install 'zeroshot-clip[ray]' (or pip install 'ray[data]')"
 OUTPUT_FORMATS = ("jsonl", "parquet")
 
 

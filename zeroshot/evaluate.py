@@ -70,6 +70,7 @@ def image_features(
     keys_out: list[str | int] | None = None,
     max_bytes: int | None = None,
     image_cache: Any = None,
+    progress: Callable[[int], None] | None = None,
 ) -> tuple[Any, Any, list[dict[str, str]]]:
     """(normalized features [N, D], labels [N], failures) for the items that decoded.
 
@@ -78,7 +79,8 @@ def image_features(
     ships; in-memory images (IDX datasets) enter it decoded by the same decoder.
     ``keys_out``, when given, receives each decoded item's key (path or array index), in order.
     ``max_bytes``: the byte cap per file (None: the default; 0: none), as for ``classify``;
-    ``image_cache``: an :class:`~zeroshot.imagecache.ImageEmbeddingCache` for files seen before.
+    ``image_cache``: an :class:`~zeroshot.imagecache.ImageEmbeddingCache` for files seen before;
+    ``progress`` hears how many more images each batch took.
     """
     import torch
     import torch.nn.functional as F
@@ -100,6 +102,8 @@ def image_features(
         batches = encoder.encode(_decoded_array(encoder, array, items, as_input, batch_size))
     feats, labels, failed = [], [], []
     for batch in batches:
+        if progress is not None:
+            progress(len(batch))
         good = []
         for e in batch:
             item = labelled.pop(id(e.input))
@@ -225,6 +229,7 @@ def evaluate_run(
     batch_size: int,
     workers: int | None,
     max_bytes: int | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> EvalRun:
     """:func:`run_eval`, keeping the per-image data (for calibration and reports)."""
     import itertools
@@ -246,8 +251,13 @@ def evaluate_run(
         items = itertools.islice(items, limit)
     keys: list[str | int] = []
     feats, labels, failed = image_features(loaded, items, array, batch_size=batch_size, workers=workers, keys_out=keys,
-                                          max_bytes=max_bytes)  # fmt: skip
-    record: dict[str, Any] = {"dataset": source, "model": loaded.spec.model, "pretrained": loaded.spec.pretrained}
+                                          max_bytes=max_bytes, progress=progress)  # fmt: skip
+    from .manifest import identity
+
+    record: dict[str, Any] = {"dataset": source}
+    # The same identity fields as a classify manifest: which model, weights, preprocessing, prompts.
+    record.update(identity(loaded.spec, text.prompt_set, precision=loaded.precision, device=str(loaded.device),
+                           preprocess=repr(loaded.preprocess)))  # fmt: skip
     record.update(evaluate(loaded, text, feats, labels))
     record["failed"] = len(failed)
     record["seconds"] = round(time.perf_counter() - start, 2)

@@ -1,5 +1,5 @@
 """Loading without waste: no random initialisation of weights a checkpoint overwrites, and no
-``transformers`` import for the models that do not use it. Both measured in the README."""
+``transformers``, ``timm`` or ``torch._dynamo`` import for the runs that do not use them."""
 
 from __future__ import annotations
 
@@ -27,14 +27,21 @@ def quiet_third_party() -> Iterator[None]:
         logging.disable(previous)
 
 
-class _OpenClipWithoutTransformers(importlib.abc.MetaPathFinder):
-    """Import open_clip without the ``transformers`` it imports eagerly whenever it is installed.
+class _LeanOpenClip(importlib.abc.MetaPathFinder):
+    """Import open_clip without what most runs never use, for the CLI's first answer.
 
-    Only a few families use it (their tokenizer or text tower), yet importing it costs every run
-    0.8 s on a 2-core CPU, a fifth of a one-image classification. Installed on ``sys.meta_path`` by
-    the CLI (:func:`defer_transformers`), this finder wraps open_clip's own loader so that, while the
-    package executes, ``import transformers`` fails as if it were absent; :func:`attach_transformers`
-    hands it over before a model that needs it is built. Library users' imports are left alone.
+    Importing open_clip costs 2.6 s on a 2-core CPU, of which the first answer needs a quarter:
+    it imports ``transformers`` (0.8 s) and ``timm`` (0.2 s) whenever they are installed, though
+    only some families use them, and its ``torchvision`` import pulls in ``torch._dynamo`` (0.9 s
+    to import, and as much again to tear down at exit), which torchvision's ``roi_align`` names at
+    import time but calls only when an op runs. Installed on ``sys.meta_path`` by the CLI
+    (:func:`lean_open_clip`), this finder wraps open_clip's own loader so that, while the package
+    executes, ``import transformers`` and ``import timm`` fail as if they were absent (open_clip
+    expects that), and ``torch._dynamo.utils`` is a stand-in offering only the functions named in
+    :data:`_DYNAMO_FORWARDS`, each importing the real one when first called. Anything else asked of
+    the stand-in fails the import, which is then done again with the real ``torch._dynamo``: a new
+    torchvision costs time, never correctness. :func:`attach_optional` hands transformers and timm
+    over before a model that needs them is built. Library users' imports are left alone.
     """
 
     def find_spec(self, name: str, path: Any = None, target: Any = None) -> importlib.machinery.ModuleSpec | None:
@@ -42,12 +49,40 @@ class _OpenClipWithoutTransformers(importlib.abc.MetaPathFinder):
             return None
         sys.meta_path.remove(self)
         spec = importlib.util.find_spec(name)
-        if spec is not None and spec.loader is not None and "transformers" not in sys.modules:
-            spec.loader = _HidingLoader(spec.loader)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _LeanLoader(spec.loader)
         return spec
 
 
-class _HidingLoader(importlib.abc.Loader):
+# What torchvision takes from torch._dynamo.utils when it is imported (functions only).
+_DYNAMO_FORWARDS = ("is_compile_supported",)
+_OPTIONAL = ("transformers", "timm")
+
+
+def _forward(name: str) -> Any:
+    def call(*args: Any, **kwargs: Any) -> Any:
+        real = importlib.import_module("torch._dynamo.utils")
+        return getattr(real, name)(*args, **kwargs)
+
+    call.__name__ = call.__qualname__ = name
+    return call
+
+
+def _dynamo_stand_ins() -> dict[str, Any]:
+    """Stand-ins for ``torch._dynamo`` and ``torch._dynamo.utils`` (none when it is loaded already)."""
+    import types
+
+    if "torch._dynamo" in sys.modules:
+        return {}
+    package = types.ModuleType("torch._dynamo", "zeroshot's import-time stand-in (see zeroshot.fastload)")
+    package.__path__ = []
+    utils = types.ModuleType("torch._dynamo.utils")
+    for name in _DYNAMO_FORWARDS:
+        setattr(utils, name, _forward(name))
+    return {"torch._dynamo": package, "torch._dynamo.utils": utils}
+
+
+class _LeanLoader(importlib.abc.Loader):
     def __init__(self, loader: Any) -> None:
         self.loader = loader
 
@@ -58,23 +93,50 @@ class _HidingLoader(importlib.abc.Loader):
         return self.loader.create_module(spec)
 
     def exec_module(self, module: Any) -> None:
-        sys.modules["transformers"] = None  # type: ignore[assignment]  # "import transformers" -> ImportError
+        hidden = [name for name in _OPTIONAL if name not in sys.modules]
+        stand_ins = _dynamo_stand_ins()
+        for name in hidden:
+            sys.modules[name] = None  # type: ignore[assignment]  # "import timm" -> ImportError
+        sys.modules.update(stand_ins)
         try:
-            self.loader.exec_module(module)
+            try:
+                self.loader.exec_module(module)
+            except Exception:
+                if not stand_ins:
+                    raise
+                _remove(stand_ins)  # something wanted more of torch._dynamo: the real one, then
+                stand_ins = {}
+                self.loader.exec_module(module)
         finally:
-            if sys.modules.get("transformers", 0) is None:
-                del sys.modules["transformers"]
+            _remove(stand_ins)
+            for name in hidden:
+                if name in sys.modules and sys.modules[name] is None:
+                    del sys.modules[name]
 
 
-def defer_transformers() -> None:
-    """For the CLI: open_clip, when it is imported, comes without transformers until a model needs it."""
-    if "open_clip" not in sys.modules and not any(isinstance(f, _OpenClipWithoutTransformers) for f in sys.meta_path):
-        sys.meta_path.insert(0, _OpenClipWithoutTransformers())
+def _remove(modules: dict[str, Any]) -> None:
+    for name, module in modules.items():
+        if sys.modules.get(name) is module:
+            del sys.modules[name]
 
 
-def attach_transformers() -> None:
-    """Give open_clip the transformers that :func:`defer_transformers` kept from it (an ImportError
-    here, when it is not installed, becomes the one-line "needs the 'transformers' package")."""
+def lean_open_clip() -> None:
+    """For the CLI: open_clip, when it is imported, comes without transformers, timm and
+    torch._dynamo until something needs them."""
+    if "open_clip" not in sys.modules and not any(isinstance(f, _LeanOpenClip) for f in sys.meta_path):
+        sys.meta_path.insert(0, _LeanOpenClip())
+
+
+def attach_optional(transformers: bool = True, timm: bool = True) -> None:
+    """Give open_clip the packages :func:`lean_open_clip` kept from it (an ImportError here, when one
+    is not installed, becomes the one-line "needs the 'transformers' package")."""
+    if transformers:
+        _attach_transformers()
+    if timm:
+        _attach_timm()
+
+
+def _attach_transformers() -> None:
     hf_model = sys.modules.get("open_clip.hf_model")
     if hf_model is None or getattr(hf_model, "transformers", None) is not None:
         return
@@ -83,6 +145,17 @@ def attach_transformers() -> None:
 
     hf_model.transformers, hf_model.AutoConfig = transformers, AutoConfig  # type: ignore[attr-defined]
     hf_model.AutoModel, hf_model.AutoTokenizer = AutoModel, AutoTokenizer  # type: ignore[attr-defined]
+
+
+def _attach_timm() -> None:
+    timm_model = sys.modules.get("open_clip.timm_model")
+    if timm_model is None or getattr(timm_model, "timm", None) is not None:
+        return
+    import timm  # noqa: F401  # fails here, with its own ImportError, when timm is not installed
+
+    # Run the module again in its own namespace, now that its ``import timm`` succeeds: the
+    # TimmModel class open_clip.model holds reads timm and its layers from that namespace.
+    importlib.reload(timm_model)
 
 
 # torch.nn.init's in-place initialisers, and the tensor methods that timm's own trunc_normal_ uses.

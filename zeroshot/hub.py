@@ -58,6 +58,37 @@ def go_offline_if_unreachable() -> bool:
     return False
 
 
+def hub_offline() -> bool:
+    """Whether huggingface_hub is in offline mode (``HF_HUB_OFFLINE``, or set by us)."""
+    try:
+        import huggingface_hub.constants as hf_constants
+    except ImportError:
+        return True
+    return bool(hf_constants.HF_HUB_OFFLINE)
+
+
+@contextlib.contextmanager
+def cache_only() -> Iterator[None]:
+    """huggingface_hub (and transformers through it) in offline mode for a while: files come from
+    the local cache or not at all, with no request to the Hub, not even the revision check."""
+    try:
+        import huggingface_hub.constants as hf_constants
+    except ImportError:
+        yield
+        return
+    before, env = hf_constants.HF_HUB_OFFLINE, os.environ.get("HF_HUB_OFFLINE")
+    hf_constants.HF_HUB_OFFLINE = True
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        yield
+    finally:
+        hf_constants.HF_HUB_OFFLINE = before
+        if env is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = env
+
+
 class DownloadReport(Protocol):
     """What :func:`load_model` tells about each file it downloads (the CLI draws it; a library user
     may pass their own). ``start`` gets what (``org/repo/file``), the size in bytes when known and

@@ -82,3 +82,14 @@ def load_split(folder: str | Path | None = None, split: str = "test") -> tuple[A
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
         raise UsageError(f"{folder}: images {images.shape} and labels {labels.shape} do not match")
     return images, labels
+
+
+def split_size(folder: str | Path | None = None, split: str = "test") -> int:
+    """How many labels a split holds, from its labels file's header alone."""
+    folder = Path(folder) if folder else default_dir()
+    path = _find(folder, f"{SPLITS[split]}-labels-idx1-ubyte")
+    with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+        head = f.read(8)
+    if len(head) < 8 or head[:2] != b"\0\0" or head[3] != 1:
+        raise ValueError(f"{path}: not a one-dimensional IDX file")
+    return int(struct.unpack(">I", head[4:8])[0])

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ModelLoadError, UsageError
-from .fastload import attach_transformers, quiet_third_party, skip_random_init
-from .hub import DownloadReport, Tracker, go_offline_if_unreachable, reporting_downloads
+from .fastload import attach_optional, quiet_third_party, skip_random_init
+from .hub import DownloadReport, Tracker, cache_only, go_offline_if_unreachable, hub_offline, reporting_downloads
 from .preprocessing import file_preprocess, is_default_preprocess
 from .weightfiles import CHECKPOINT_SUFFIXES, check_checkpoint_safe, first_line, weights_identity
 
@@ -149,6 +149,8 @@ def looks_like_path(value: str) -> bool:
 
 def _default_tag(name: str) -> str:
     """The default weights for an architecture given without --pretrained."""
+    if name == DEFAULT_MODEL:  # it has them: no need to import open_clip to ask
+        return DEFAULT_PRETRAINED
     import open_clip
 
     tags = open_clip.list_pretrained_tags_by_model(name)
@@ -175,6 +177,7 @@ class LoadedModel:
     device: Any
     notes: list[str] = field(default_factory=list)
     precision: str = "fp32"
+    timings: dict[str, float] = field(default_factory=dict)  # seconds: "import" (open_clip, torch), "load"
 
     @property
     def input_dtype(self) -> Any:
@@ -266,6 +269,13 @@ def hf_text_repo(name: str) -> str | None:
     return text.get("hf_tokenizer_name") or text.get("hf_model_name") or None
 
 
+def uses_timm(name: str) -> bool:
+    """Whether the architecture's image tower is a timm model (such models need ``timm``)."""
+    import open_clip
+
+    return bool((open_clip.get_model_config(name.replace("/", "-")) or {}).get("vision_cfg", {}).get("timm_model_name"))
+
+
 def load_model(
     spec: ModelSpec, device: str = "cpu", precision: str = "fp32", downloads: DownloadReport | None = None
 ) -> LoadedModel:
@@ -275,12 +285,16 @@ def load_model(
     ``precision`` is passed to open_clip (fp16/bf16 weights; its LayerNorms keep fp32 maths).
     ``downloads`` hears about each file fetched from the Hugging Face Hub (:class:`DownloadReport`).
     """
+    import time
+
+    began = time.perf_counter()
     import open_clip
 
+    imported = time.perf_counter()
     register_bundled()
     kwargs: dict[str, Any] = {}
     notes: list[str] = []
-    offline = False
+    offline = from_hub = False
     if spec.kind == "tag":
         assert spec.pretrained is not None
         name = spec.model.replace("/", "-")
@@ -299,8 +313,7 @@ def load_model(
         if cfg.get("quick_gelu", False) and not open_clip.get_model_config(name).get("quick_gelu", False):
             kwargs["force_quick_gelu"] = True
             notes.append("QuickGELU enabled to match the pretrained weights")
-        if cfg.get("hf_hub"):
-            offline = go_offline_if_unreachable()
+        from_hub = bool(cfg.get("hf_hub"))
     elif spec.kind == "file":
         assert spec.pretrained is not None
         if open_clip.get_model_config(spec.model.replace("/", "-")) is None:
@@ -319,25 +332,45 @@ def load_model(
             if p.suffix in (".pt", ".pth", ".bin", ".ckpt"):
                 check_checkpoint_safe(p)
     elif spec.kind == "hf-hub":
-        offline = go_offline_if_unreachable()
+        from_hub = True
 
     tracker = Tracker(downloads)
-    try:
-        if spec.kind in ("hf-hub", "local-dir") or hf_text_repo(spec.model):
-            attach_transformers()
+
+    def build() -> tuple[Any, Any, Any]:
         with quiet_third_party(), reporting_downloads(tracker), skip_random_init():
             model, preprocess = open_clip.create_model_from_pretrained(
                 spec.model, pretrained=spec.pretrained, device=device, precision=precision, **kwargs
             )
-            tokenizer = open_clip.get_tokenizer(spec.model)
+            return model, preprocess, open_clip.get_tokenizer(spec.model)
+
+    try:
+        if spec.kind in ("hf-hub", "local-dir"):  # a config only the download tells
+            attach_optional()
+        else:
+            attach_optional(transformers=bool(hf_text_repo(spec.model)), timm=uses_timm(spec.model))
+        built = None
+        if from_hub and not hub_offline():
+            # From the local Hugging Face cache first, asking the Hub nothing; only when something
+            # is missing there, check that the Hub can be reached and fetch it.
+            try:
+                with cache_only():
+                    built = build()
+            except (ModelLoadError, UsageError):
+                raise
+            except Exception:
+                offline = go_offline_if_unreachable()
+        if built is None:
+            built = build()
+        model, preprocess, tokenizer = built
     except (ModelLoadError, UsageError):
         raise
     except Exception as e:
-        raise _load_failure(spec, e, offline, tracker.broken) from None
+        raise _load_failure(spec, e, offline or (from_hub and hub_offline()), tracker.broken) from None
     model.eval()
+    timings = {"import": round(imported - began, 4), "load": round(time.perf_counter() - imported, 4)}
     return LoadedModel(
         spec=spec, model=model, preprocess=preprocess, tokenizer=tokenizer, device=device, notes=notes,
-        precision=precision,
+        precision=precision, timings=timings,
     )  # fmt: skip
 
 
@@ -369,7 +402,7 @@ def _load_failure(spec: ModelSpec, e: BaseException, offline: bool, broken: str 
         need = HF_PACKAGES.get(missing, "a package it imports")
         return ModelLoadError(
             f"{what} needs the '{missing}' package ({need}), which is not installed: {HF_INSTALL} "
-            "(zeroshot's [hf] extra)"
+            "(zeroshot-clip's [hf] extra)"
         )
     if spec.kind in ("tag", "hf-hub"):
         text = str(e).lower()

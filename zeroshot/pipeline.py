@@ -9,8 +9,9 @@ inputs there are; workers ship uint8 pixels and the batch is normalized on the m
 
 from __future__ import annotations
 
+import itertools
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, NamedTuple
@@ -285,6 +286,49 @@ class ImageEncoder:
         ]
 
 
+def cache_first(
+    inputs: Iterable[Input],
+    image_cache: Any,
+    encoder: Callable[[], ImageEncoder],
+    *,
+    batch_size: int = 32,
+    max_bytes: int | None = DEFAULT_MAX_BYTES,
+) -> Iterator[list[Encoded]]:
+    """Batches of :class:`Encoded` answered by the image-embedding cache alone (a read, a hash, a
+    lookup: no model, no torch) for as long as every file is found there or fails on its own (missing,
+    unreadable, too big); from the first input that needs the image tower (a new file, a URL) on,
+    ``encoder()``, which loads the model only then, takes the rest. The features and errors are
+    the ones :class:`ImageEncoder` gives for the same inputs, so the records are too."""
+    from .reading import file_digest
+
+    it = iter(inputs)
+    batch: list[Encoded] = []
+    for inp in it:
+        if inp.error is not None:
+            batch.append(Encoded(inp, None, inp.error))
+        elif is_url(inp.path):
+            break
+        else:
+            try:
+                feature = image_cache.get(file_digest(inp.path, max_bytes))
+            except ImageError as e:
+                batch.append(Encoded(inp, None, str(e)))
+            else:
+                if feature is None:
+                    break
+                batch.append(Encoded(inp, feature, None))
+        if len(batch) >= batch_size:
+            yield batch
+            batch = []
+    else:
+        if batch:
+            yield batch
+        return
+    if batch:
+        yield batch
+    yield from encoder().batches(itertools.chain([inp], it))
+
+
 def classify_inputs(
     loaded: LoadedModel,
     text: TextClassifier,
@@ -306,8 +350,21 @@ def classify_inputs(
     content was seen before skip decoding and the image tower; new embeddings are stored.
     """
     encoder = ImageEncoder(loaded, batch_size=batch_size, workers=workers, image_cache=image_cache, options=options)
-    weights = text.tensor(loaded.device)
-    return encoded_records(encoder.batches(inputs), weights, loaded.logit_scale, text.classes, top_k, multi_label)
+    return encoded_records(encoder.batches(inputs), text.weights, loaded.logit_scale, text.classes, top_k, multi_label)
+
+
+def _stacked(features: list[Any]) -> Any:
+    """One [N, D] float32 array of the features (one copy off the device for tensors)."""
+    import numpy as np
+
+    if all(isinstance(f, np.ndarray) for f in features):
+        return np.stack(features).astype(np.float32, copy=False)
+    import torch
+
+    device = next(f.device for f in features if isinstance(f, torch.Tensor))
+    with torch.inference_mode():
+        rows = [f if isinstance(f, torch.Tensor) else torch.from_numpy(f).to(device) for f in features]
+        return torch.stack(rows).float().cpu().numpy()
 
 
 def encoded_records(
@@ -318,15 +375,14 @@ def encoded_records(
     top_k: int,
     multi_label: Any = None,
 ) -> Iterator[Record]:
-    """Encoded batches -> one record per input, in order (both engines' last step)."""
-    import torch
-
+    """Encoded batches -> one record per input, in order (both engines' last step, and the
+    model-free one's). Features are torch tensors, or numpy arrays (the image cache's) when no
+    model ran: scoring is numpy's either way (:mod:`zeroshot.ranking`)."""
     for batch in batches:
         good = [e for e in batch if e.feature is not None]
         recs: Iterator[Record] = iter(())
         if good:
-            with torch.inference_mode():
-                recs = iter(feature_records([e.input.path for e in good], torch.stack([e.feature for e in good]),
-                                            weights, scale, classes, top_k, multi_label))  # fmt: skip
+            recs = iter(feature_records([e.input.path for e in good], _stacked([e.feature for e in good]),
+                                        weights, scale, classes, top_k, multi_label))  # fmt: skip
         for e in batch:
             yield next(recs) if e.feature is not None else error_record(e.input.path, e.error or "unknown error")

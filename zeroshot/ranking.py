@@ -53,20 +53,38 @@ class MultiLabel:
     kind: str = "background"
     scale: float | None = None
     bias: float = 0.0
-    background: Any = None  # unit [dim] tensor, for kind "background"
+    background: Any = None  # unit [dim] vector (tensor or array), for kind "background"
+
+
+def as_float64(x: Any) -> Any:
+    """A numpy float64 array of ``x``: a torch tensor (any device or dtype), an array or a list."""
+    import numpy as np
+
+    if hasattr(x, "detach"):
+        x = x.detach().float().cpu().numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+def _cosines(image_features: Any, class_weights: Any) -> tuple[Any, Any]:
+    """(unit image features [N, D], cosine similarities [N, C]), in float64."""
+    import numpy as np
+
+    feats = as_float64(image_features)
+    feats = feats / np.maximum(np.linalg.norm(feats, axis=-1, keepdims=True), 1e-12)  # F.normalize's eps
+    return feats, feats @ as_float64(class_weights).T
 
 
 def multilabel_scores(image_features: Any, class_weights: Any, logit_scale: float, rule: MultiLabel) -> Any:
-    """[N, C] independent per-label scores in (0, 1) (see the module docstring)."""
-    import torch.nn.functional as F
+    """[N, C] independent per-label scores in (0, 1) (see the module docstring), numpy float64."""
+    import numpy as np
 
-    feats = F.normalize(image_features.float(), dim=-1)
-    cos = feats @ class_weights.T
+    feats, cos = _cosines(image_features, class_weights)
     scale = logit_scale if rule.scale is None else rule.scale
     if rule.background is not None:
-        ref = feats @ rule.background.to(feats.device, feats.dtype)
-        return (scale * (cos - ref[:, None])).sigmoid()
-    return (scale * cos + rule.bias).sigmoid()
+        z = scale * (cos - (feats @ as_float64(rule.background))[:, None])
+    else:
+        z = scale * cos + rule.bias
+    return np.exp(-np.logaddexp(0.0, -z))  # the logistic sigmoid, without overflow for any z
 
 
 def multilabel_records(
@@ -74,12 +92,14 @@ def multilabel_records(
 ) -> list[Record]:
     """Records whose ``labels`` are every class scoring at least ``threshold`` (best first);
     ``label`` is the best of them or None, ``score`` the best score, ``top_k`` the best ``top_k``."""
-    import torch
+    import numpy as np
 
-    values, indices = torch.sort(scores.double().cpu(), dim=-1, descending=True)
+    scores = as_float64(scores)
+    order = np.argsort(-scores, axis=-1, kind="stable")
     k = max(1, min(top_k, len(classes)))
     out: list[Record] = []
-    for path, vals, idxs in zip(paths, values.tolist(), indices.tolist(), strict=True):
+    for path, row, idxs in zip(paths, scores, order.tolist(), strict=True):
+        vals = row[idxs].tolist()
         chosen = [classes[i] for v, i in zip(vals, idxs, strict=True) if v >= threshold]
         top = [Ranked(label=classes[i], score=v) for v, i in zip(vals[:k], idxs[:k], strict=True)]
         out.append(Record(path=path, label=chosen[0] if chosen else None, score=vals[0], labels=chosen, top_k=top))
@@ -87,23 +107,29 @@ def multilabel_records(
 
 
 def probabilities(image_features: Any, class_weights: Any, logit_scale: float) -> Any:
-    """[N, C] softmax probabilities from raw image features [N, D] and unit class rows [C, D]."""
-    import torch.nn.functional as F
+    """[N, C] softmax probabilities (numpy float64) from raw image features [N, D] and unit class
+    rows [C, D]. Computed in float64 with numpy, so a run that finds every image embedding in the
+    cache scores them without torch, and its records equal the model's to the last digit."""
+    import numpy as np
 
-    feats = F.normalize(image_features.float(), dim=-1)
-    logits = logit_scale * feats @ class_weights.T
-    return logits.softmax(dim=-1)
+    _, cos = _cosines(image_features, class_weights)
+    logits = logit_scale * cos
+    logits -= logits.max(axis=-1, keepdims=True)
+    e = np.exp(logits)
+    return e / e.sum(axis=-1, keepdims=True)
 
 
 def records(paths: Sequence[str], probs: Any, classes: Sequence[str], top_k: int) -> list[Record]:
-    """One record per row: the best label, its score and the ``top_k`` best labels with scores."""
-    import torch
+    """One record per row: the best label, its score and the ``top_k`` best labels with scores
+    (ties: the earlier class first)."""
+    import numpy as np
 
+    probs = as_float64(probs)
     k = max(1, min(top_k, len(classes)))
-    values, indices = torch.topk(probs.double().cpu(), k, dim=-1)
+    order = np.argsort(-probs, axis=-1, kind="stable")[:, :k]
     out: list[Record] = []
-    for path, vals, idxs in zip(paths, values.tolist(), indices.tolist(), strict=True):
-        top = [Ranked(label=classes[i], score=v) for v, i in zip(vals, idxs, strict=True)]
+    for path, row, idxs in zip(paths, probs, order.tolist(), strict=True):
+        top = [Ranked(label=classes[i], score=v) for v, i in zip(row[idxs].tolist(), idxs, strict=True)]
         out.append(Record(path=path, label=top[0]["label"], score=top[0]["score"], top_k=top))
     return out
 

@@ -68,9 +68,15 @@ def decode_stream(
     fn = remote if (pool_factory is not None and remote is not None) else local_many
     chunk = max(1, chunk) if pool_factory is not None else 1
     max_chunks = max(2 * workers, lookahead // chunk)
-    pool = new_pool()
+    pool: Any = None  # started by the first item a worker must decode: cache hits and errors need none
     side_pool: Any = None
     queue: deque[tuple[list[T], Any]] = deque()
+
+    def submit(batch: list[T]) -> Any:
+        nonlocal pool
+        if pool is None:
+            pool = new_pool()
+        return pool.submit(fn, batch)
 
     def take() -> Iterator[tuple[T, Any, str | None]]:
         nonlocal pool
@@ -106,7 +112,7 @@ def decode_stream(
             aside = answer is None and side is not None and side(item)
             if answer is not None or aside:
                 if pending:  # keep the order: what came before goes out first
-                    queue.append((pending, pool.submit(fn, pending)))
+                    queue.append((pending, submit(pending)))
                     pending = []
                 if aside:
                     if side_pool is None:
@@ -117,18 +123,19 @@ def decode_stream(
             else:
                 pending.append(item)
             if len(pending) >= chunk:
-                queue.append((pending, pool.submit(fn, pending)))
+                queue.append((pending, submit(pending)))
                 pending = []
             while len(queue) >= max_chunks:
                 yield from take()
         if pending:
-            queue.append((pending, pool.submit(fn, pending)))
+            queue.append((pending, submit(pending)))
         while queue:
             yield from take()
     finally:
         for _, fut in queue:  # stopped early (closed pipe, interrupt): drop what is queued
             fut.cancel()
-        pool.shutdown(wait=True, cancel_futures=True)
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
         if side_pool is not None:  # a fetch under way ends at its own timeout; nobody waits for it
             side_pool.shutdown(wait=False, cancel_futures=True)
 

@@ -18,7 +18,9 @@ from ..reading import DEFAULT_MAX_BYTES, DEFAULT_TIMEOUT
 from .app import app, handle_errors
 
 if TYPE_CHECKING:
+    from ..assembly import Prepared
     from ..export import ClassifierFile
+    from ..manifest import RunManifest
     from ..prompts import PromptSet
 from .common import (
     DatasetOpt,
@@ -33,13 +35,14 @@ from .common import (
     PreprocessOpt,
     PretrainedOpt,
     QuietOpt,
+    Steps,
     TemplatesOpt,
     WorkersOpt,
     check_folder,
+    count_in_background,
     open_classifier_file,
     prepare_run,
     prompt_set_from,
-    stderr_console,
     write_record,
 )
 
@@ -186,12 +189,20 @@ def classify(
         Path | None,
         typer.Option("--report", help="Also write a contact sheet: a self-contained HTML page, thumbnails and top-k."),
     ] = None,
+    manifest: Annotated[
+        Path | None,
+        typer.Option(
+            "--manifest",
+            help="Write the run's manifest (command, versions, model and weights, preprocessing, prompts hash, "
+            "counts, times) to PATH as JSON. Default with --output FILE: FILE.manifest.json.",
+        ),
+    ] = None,
     engine: Annotated[
         Engine,
         typer.Option(
             "--engine",
             help="local (this process and its decoding workers) or ray (Ray Data: --workers actors, "
-            "--output DIR; needs zeroshot\\[ray]).",
+            "--output DIR; needs zeroshot-clip\\[ray]).",
         ),
     ] = Engine.LOCAL,
     ray_address: Annotated[
@@ -229,6 +240,7 @@ def classify(
         decode=DecodeOptions(workers=workers, decoder=decoder.value, jpeg_draft=jpeg_draft, max_pixels=max_pixels,
                              max_bytes=max_bytes, timeout=timeout),  # fmt: skip
         top_k=top_k, batch_size=batch_size, min_score=min_score, fmt=fmt.value, output=output, report=report,
+        manifest=manifest,
         cache_images=cache_images, use_cache=not no_cache, quiet=quiet, null=null,
         ray=RayPlacement(ray_address, gpus_per_worker, cpus_per_worker) if engine is Engine.RAY else None,
     )  # fmt: skip
@@ -264,6 +276,7 @@ class ClassifyRun:
     fmt: str
     output: Path | None
     report: Path | None
+    manifest: Path | None
     cache_images: bool
     use_cache: bool
     quiet: bool
@@ -276,71 +289,129 @@ class ClassifyRun:
 
 
 def _classify_locally(run: ClassifyRun) -> tuple[int, int]:
-    """The local engine: records in input order to stdout or ``--output``; (failed, total)."""
-    from ..images import iter_inputs
+    """The local engine: records in input order to stdout or ``--output``; (failed, total).
+
+    With ``--cache-images`` and a cached text classifier that holds the model's scoring facts, the
+    model loads only when an input needs the image tower: relabelling images whose embeddings are
+    all cached builds no model and imports no torch (:func:`zeroshot.pipeline.cache_first`).
+    """
+    from ..classifier import remember_scoring
+    from ..images import count_inputs, iter_inputs
     from ..output import FORMATS, RecordWriter, apply_min_score
-    from ..pipeline import classify_inputs, default_batch_size
+    from ..pipeline import ImageEncoder, cache_first, default_batch_size, encoded_records
 
     if run.fmt not in FORMATS:
         raise UsageError(f"--format {run.fmt} needs --engine ray (the local engine writes {', '.join(FORMATS)})")
     check_folder("--output", run.output)
     check_folder("--report", run.report)
+    check_folder("--manifest", run.manifest)
+    manifest = _manifest_for(run)
     show = not run.quiet and sys.stderr.isatty()
     prepared = prepare_run(
         run.choice, run.prompt_set, classifier_file=run.classifier_file, use_cache=run.use_cache, quiet=run.quiet,
-        multi_label=run.multi_label,
+        multi_label=run.multi_label, eager=not run.cache_images,
     )  # fmt: skip
-    loaded, text, rule = prepared.loaded, prepared.text, prepared.rule
+    text, rule, facts = prepared.text, prepared.rule, prepared.text.scoring
+    needs_model = prepared.is_loaded or (rule is not None and rule.kind != "calibrated")
+    model_free = run.cache_images and facts is not None and not needs_model
+    if not model_free and run.classifier_file is None:
+        remember_scoring(prepared.spec, text, prepared.loaded)  # the next --cache-images run may need no model
+    if manifest is not None:
+        manifest.mark("ready")
     sheet = None
     if run.report is not None:
         from ..report import ContactSheet
 
         sheet = ContactSheet(
             run.report, title=f"zeroshot classify: {text.prompt_set.name}",
-            subtitle=f"model {loaded.spec.label} · {len(text.classes)} classes", max_pixels=run.decode.max_pixels,
+            subtitle=f"model {prepared.spec.label} · {len(text.classes)} classes", max_pixels=run.decode.max_pixels,
         )  # fmt: skip
     image_cache = None
     if run.cache_images:
         from ..imagecache import image_cache_key, open_image_cache
 
-        image_cache = open_image_cache(image_cache_key(loaded), loaded.embed_dim)
-    stream = iter_inputs(run.inputs, stdin=run.stdin, null=run.null)
-    failed = total = 0
-    progress = task = None
-    if show:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        if model_free:
+            assert facts is not None
+            image_cache = open_image_cache(facts["image_key"], facts["embed_dim"])
+        else:
+            image_cache = open_image_cache(image_cache_key(prepared.loaded), prepared.loaded.embed_dim)
+    batch_size = run.batch_size or default_batch_size(prepared.device)
 
-        progress = Progress(
-            TextColumn("classifying"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            console=stderr_console(), transient=True,
-        )  # fmt: skip
-        progress.start()
-        task = progress.add_task("classify", total=None)
+    def encoder() -> ImageEncoder:
+        return ImageEncoder(prepared.loaded, batch_size=batch_size, image_cache=image_cache, options=run.decode)
+
+    stream = iter_inputs(run.inputs, stdin=run.stdin, null=run.null)
+    if model_free and image_cache is not None and facts is not None:
+        batches = cache_first(stream, image_cache, encoder, batch_size=batch_size, max_bytes=run.decode.max_bytes)
+        scale = facts["logit_scale"]
+    else:
+        batches, scale = encoder().batches(stream), prepared.loaded.logit_scale
+    failed = total = 0
+    steps = Steps(show, "classifying", "images")
+    if "-" not in run.inputs:  # paths from stdin cannot be counted ahead
+        count_in_background(steps, lambda found: count_inputs(run.inputs, found))
     writer = RecordWriter(run.fmt, str(run.output) if run.output is not None else None, multi_label=rule is not None)
     try:
-        records = classify_inputs(
-            loaded, text, stream, top_k=run.top_k, batch_size=run.batch_size or default_batch_size(loaded.device),
-            image_cache=image_cache, options=run.decode, multi_label=rule,
-        )  # fmt: skip
-        for record in records:
+        for record in encoded_records(batches, text.weights, scale, text.classes, run.top_k, rule):
             record = apply_min_score(record, run.min_score)
             writer.write(record)
             if sheet is not None:
                 sheet.add(record)
             total += 1
             failed += "error" in record
-            if progress is not None and task is not None:
-                progress.advance(task)
+            steps.advance()
+            if manifest is not None:
+                manifest.mark("first_record")
         writer.close()
         if sheet is not None:
             sheet.write()
     finally:
         writer.abort()  # only does something if the run did not finish: no half-written --output file
-        if progress is not None:
-            progress.stop()
+        steps.stop()
         if image_cache is not None:
             image_cache.close()
+    if manifest is not None:
+        _finish_manifest(manifest, run, prepared, total, failed)
     return failed, total
+
+
+def _manifest_for(run: ClassifyRun) -> RunManifest | None:
+    """The run's manifest: at --manifest PATH, else beside --output FILE; none for stdout."""
+    from ..manifest import RunManifest, manifest_path
+
+    path = run.manifest or (manifest_path(run.output) if run.output is not None else None)
+    if path is None:
+        return None
+    for option, other in (("--output", run.output), ("--report", run.report)):
+        if other is not None and path.resolve() == other.resolve():
+            raise UsageError(f"--manifest {path} is the {option} file too: give it a path of its own")
+    return RunManifest(path, output=str(run.output) if run.output is not None else None, fmt=run.fmt)
+
+
+def _finish_manifest(manifest: RunManifest, run: ClassifyRun, prepared: Prepared, total: int, failed: int) -> None:
+    import json
+
+    from ..manifest import identity
+
+    text, loaded = prepared.text, prepared.loaded_if_any
+    if loaded is not None:
+        preprocess = repr(loaded.preprocess)
+    elif text.scoring is not None:
+        preprocess = json.loads(text.scoring["image_key"]).get("preprocess")
+    else:
+        preprocess = None
+    manifest.fields.update(identity(prepared.spec, text.prompt_set, precision=prepared.precision,
+                                    device=prepared.device, preprocess=preprocess))  # fmt: skip
+    manifest.fields.update(
+        classifier_file=str(run.classifier_file.path) if run.classifier_file is not None else None,
+        text_classifier="cache" if text.cache_hit and run.classifier_file is None else (
+            "file" if run.classifier_file is not None else "built"),
+        image_tower="ran" if loaded is not None else "not needed: every image embedding was cached",
+        top_k=run.top_k, multi_label=prepared.rule is not None, min_score=run.min_score,
+    )  # fmt: skip
+    if loaded is not None:
+        manifest.timings.update({f"model_{k}": v for k, v in loaded.timings.items()})
+    manifest.write(records=total, errors=failed)
 
 
 def _classify_on_ray(run: ClassifyRun) -> tuple[int, int]:
@@ -358,6 +429,7 @@ def _classify_on_ray(run: ClassifyRun) -> tuple[int, int]:
     if run.fmt not in OUTPUT_FORMATS:
         raise UsageError(f"--format with --engine ray must be one of {', '.join(OUTPUT_FORMATS)}, not {run.fmt!r}")
     for opt, bad in (("--report", run.report is not None), ("--cache-images", run.cache_images),
+                     ("--manifest", run.manifest is not None),
                      ("--decoder batched", run.decode.decoder == "batched")):  # fmt: skip
         if bad:
             raise UsageError(f"{opt} is not available with --engine ray")

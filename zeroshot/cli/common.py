@@ -6,7 +6,7 @@ import contextlib
 import json
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -125,6 +125,84 @@ def spinner(show: bool, message: str) -> contextlib.AbstractContextManager[Statu
     return stderr_console().status(message) if show else contextlib.nullcontext()
 
 
+class Steps:
+    """A progress bar on stderr for a count of things (images, prompts): done so far, the total
+    once known, the rate and the time left; it disappears when stopped. A no-op unless ``show``
+    (a person at a terminal, no --quiet): piped and quiet runs print no progress, and stdout is
+    never touched. Thread-safe: a walk counting the inputs may set the total meanwhile."""
+
+    def __init__(self, show: bool, what: str, unit: str, total: int | None = None) -> None:
+        self.bar: Any = None
+        self.task: Any = None
+        if not show:
+            return
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            ProgressColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+        from rich.text import Text
+
+        class Rate(ProgressColumn):
+            def render(self, task: Any) -> Text:
+                speed = task.finished_speed or task.speed
+                return Text(f"{speed:.1f} {unit}/s" if speed else f"- {unit}/s", style="progress.data.speed")
+
+        self.bar = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), Rate(), TextColumn("eta"),
+            TimeRemainingColumn(), TimeElapsedColumn(), console=stderr_console(), transient=True,
+        )  # fmt: skip
+        self.what = what
+        self.task = self.bar.add_task(what, total=total)
+        self.bar.start()
+
+    def advance(self, n: int = 1) -> None:
+        if self.bar is not None:
+            self.bar.advance(self.task, n)
+
+    def found(self, count: int, finished: bool) -> None:
+        """The inputs a walk has found so far; with ``finished``, that is the total. (Called from
+        the counting thread, perhaps as the bar stops: hence the one read of ``bar``.)"""
+        bar = self.bar
+        if bar is not None:
+            if finished:
+                bar.update(self.task, total=count, description=self.what)
+            else:
+                bar.update(self.task, description=f"{self.what} (counting: {count:,} found)")
+
+    def stop(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+    def __enter__(self) -> Steps:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def count_in_background(steps: Steps, count: Callable[[Callable[[int], None]], int]) -> None:
+    """Run ``count`` (a walk over the inputs, calling back with the number found so far) in a
+    daemon thread, giving ``steps`` its total when it ends; nothing at all when nothing is shown."""
+    if steps.bar is None:
+        return
+    import threading
+
+    def run() -> None:
+        try:
+            total = count(lambda n: steps.found(n, False))
+        except Exception:  # a count is only for the display: the run's own walk reports problems
+            return
+        steps.found(total, True)
+
+    threading.Thread(target=run, name="zeroshot-count", daemon=True).start()
+
+
 def human_size(n: int | None) -> str:
     if n is None:
         return "size unknown"
@@ -205,6 +283,20 @@ class CliLoading(Loading):
 
     def notes(self, notes: list[str]) -> None:
         say_notes(notes, self.quiet)
+
+    def prompts(self, total: int) -> Callable[[int], None] | None:
+        if not self.show:
+            return None
+        steps = Steps(True, "encoding prompts", "prompts", total)
+        done = [0]
+
+        def advance(n: int) -> None:
+            done[0] += n
+            steps.advance(n)
+            if done[0] >= total:
+                steps.stop()
+
+        return advance
 
 
 def prepare_run(

@@ -25,9 +25,11 @@ from .common import (
     PreprocessOpt,
     PretrainedOpt,
     QuietOpt,
+    Steps,
     TemplatesOpt,
     WorkersOpt,
     check_folder,
+    count_in_background,
     folder_prompt_set,
     prepare_run,
     spinner,
@@ -122,10 +124,15 @@ def eval_cmd(
         quiet=quiet,
     )
     loaded, text = prepared.loaded, prepared.text
-    with spinner(show, "evaluating"):
+    with Steps(show, "evaluating", "images", _eval_total(folder, data_dir, split.value, limit)) as steps:
+        if folder is not None and limit is None:
+            from ..evaluate import folder_items
+
+            classes = text.prompt_set.classes
+            count_in_background(steps, lambda found: sum(1 for _ in folder_items(folder, classes)))
         run = evaluate_run(
             loaded, text, folder=folder, idx_dir=data_dir, split=split.value, limit=limit,
-            batch_size=batch_size, workers=workers, max_bytes=max_bytes,
+            batch_size=batch_size, workers=workers, max_bytes=max_bytes, progress=steps.advance,
         )  # fmt: skip
     record, failed = run.record, run.failed
     if shots is not None:
@@ -151,3 +158,17 @@ def eval_cmd(
     write_record(record)
     if failed:
         raise typer.Exit(1)
+
+
+def _eval_total(folder: Path | None, data_dir: Path | None, split: str, limit: int | None) -> int | None:
+    """How many images eval will score, when that is known before it starts (IDX files say it in
+    their header; a folder is counted while the run goes)."""
+    if folder is not None:
+        return limit
+    from ..idx import split_size
+
+    try:
+        n = split_size(data_dir, split)
+    except Exception:  # only the display's total: the run itself reports what is wrong with the files
+        return limit
+    return min(n, limit) if limit else n

@@ -145,7 +145,7 @@ def cache_cmd(
                     {
                         "file": str(e.path),
                         "bytes": e.size,
-                        **{k: v for k, v in e.meta.items() if k != "key"},
+                        **{k: v for k, v in e.meta.items() if k not in ("key", "scoring")},
                         **({"problem": e.problem} if e.problem else {}),
                     }
                     for e in entries
