@@ -10,8 +10,9 @@ cleaning, padded length, whether the text-side speed-ups apply).
 
 For each model, zeroshot's CLI runs first (so it, not the reference, meets the empty cache and does
 the real download), then open_clip's own path: ``create_model_and_transforms`` (with the tag's
-QuickGELU setting), ``get_tokenizer``, ``build_zero_shot_classifier`` over the same templates, and
-the softmax of ``logit_scale.exp()`` times the cosine similarities.
+QuickGELU setting; no random initialisation, see :func:`reference`), ``get_tokenizer``,
+``build_zero_shot_classifier`` over the same templates, and the softmax of ``logit_scale.exp()``
+times the cosine similarities.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ def reference(
     from open_clip import build_zero_shot_classifier
     from PIL import Image
 
+    from zeroshot.fastload import skip_random_init
     from zeroshot.prompts import load_pack, render
 
     tag = preprocess_tag or weights
@@ -41,9 +43,14 @@ def reference(
         kwargs["force_preprocess_cfg"] = {
             k: cfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in cfg
         }
-    model, _, preprocess = open_clip.create_model_and_transforms(
-        name, pretrained=weights, force_quick_gelu=bool(cfg.get("quick_gelu")), **kwargs
-    )
+    # Built without drawing the random weights the checkpoint then overwrites: open_clip loads a
+    # tag's checkpoint with strict=True, so every parameter and persistent buffer comes from it and
+    # the numbers cannot depend on the initial values (test_first_contact checks the two builds
+    # equal tensor for tensor). It saves the suite the 20-odd seconds of initialising ViT-H-14.
+    with skip_random_init():
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            name, pretrained=weights, force_quick_gelu=bool(cfg.get("quick_gelu")), **kwargs
+        )
     model.eval()
     tokenizer = open_clip.get_tokenizer(name)
     templates = load_pack("default").templates
