@@ -151,7 +151,10 @@ def _attach_timm() -> None:
     timm_model = sys.modules.get("open_clip.timm_model")
     if timm_model is None or getattr(timm_model, "timm", None) is not None:
         return
-    import timm  # noqa: F401  # fails here, with its own ImportError, when timm is not installed
+    try:
+        import timm  # noqa: F401
+    except ImportError:  # open_clip requires it; without it, open_clip's own error for a timm model
+        return
 
     # Run the module again in its own namespace, now that its ``import timm`` succeeds: the
     # TimmModel class open_clip.model holds reads timm and its layers from that namespace.

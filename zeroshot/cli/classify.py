@@ -309,7 +309,7 @@ def _classify_locally(run: ClassifyRun) -> tuple[int, int]:
     show = not run.quiet and sys.stderr.isatty()
     prepared = prepare_run(
         run.choice, run.prompt_set, classifier_file=run.classifier_file, use_cache=run.use_cache, quiet=run.quiet,
-        multi_label=run.multi_label, eager=not run.cache_images,
+        multi_label=run.multi_label, eager=not run.cache_images or run.classifier_file is not None,
     )  # fmt: skip
     text, rule, facts = prepared.text, prepared.rule, prepared.text.scoring
     needs_model = prepared.is_loaded or (rule is not None and rule.kind != "calibrated")
