@@ -294,16 +294,21 @@ def _entry_info(spec: ModelSpec, prompt_set: PromptSet, scoring: dict[str, Any])
     }
 
 
+def logit_bias(loaded: LoadedModel) -> float | None:
+    """The learned bias of a sigmoid-trained model (SigLIP), or None for a softmax one (CLIP)."""
+    bias = getattr(loaded.model, "logit_bias", None)
+    return None if bias is None else float(bias.detach().float().reshape(-1)[0])
+
+
 def scoring_facts(loaded: LoadedModel) -> dict[str, Any]:
     """What scoring images against a classifier needs from the model, besides its image tower:
     the learned temperature, the learned bias (sigmoid models) and the image-embedding cache's key
     (the model identity and preprocessing its embeddings belong to)."""
     from .imagecache import image_cache_key
 
-    bias = getattr(loaded.model, "logit_bias", None)
     return {
         "logit_scale": loaded.logit_scale,
-        "logit_bias": None if bias is None else float(bias.detach().float().reshape(-1)[0]),
+        "logit_bias": logit_bias(loaded),
         "image_key": image_cache_key(loaded),
         "embed_dim": loaded.embed_dim,
     }
@@ -363,9 +368,9 @@ def multilabel_rule(
         return MultiLabel(threshold=threshold, kind="calibrated", scale=calibration.a, bias=calibration.b)
     if loaded is None:
         raise ValueError("an uncalibrated multi-label rule needs the loaded model")
-    bias = getattr(loaded.model, "logit_bias", None)
+    bias = logit_bias(loaded)
     if bias is not None:
-        return MultiLabel(threshold=threshold, kind="model", bias=float(bias.detach().float().reshape(-1)[0]))
+        return MultiLabel(threshold=threshold, kind="model", bias=bias)
     templates = prompt_set.templates or load_pack(DEFAULT_PACK).templates
     ref = PromptSet(name="background", classes=(background or DEFAULT_BACKGROUND,), templates=templates)
     return MultiLabel(threshold=threshold, kind="background", background=encode_prompt_set(loaded, ref)[0])

@@ -166,15 +166,7 @@ class ImageEncoder:
 
     def _cached(self, inp: Input) -> tuple[Any, str | None] | None:
         """A cache hit answered here, without a worker round trip (a hit is a read, a hash, a lookup)."""
-        if self.image_cache is None or inp.error is not None or is_url(inp.path):
-            return None  # URLs are fetched by the decoders, which hash what they fetched
-        from .reading import file_digest
-
-        try:
-            feature = self.image_cache.get(file_digest(inp.path, self.opts.max_bytes))
-        except ImageError as e:
-            return None, str(e)
-        return (Cached(feature), None) if feature is not None else None
+        return cache_lookup(self.image_cache, inp, self.opts.max_bytes)
 
     def _decoded(self, inputs: Iterable[Input]) -> Iterator[list[tuple[Input, Any, str | None]]]:
         """Decoded items in batches of ``batch_size`` good ones (or 4x that with errors: a run of bad
@@ -286,6 +278,21 @@ class ImageEncoder:
         ]
 
 
+def cache_lookup(image_cache: Any, inp: Input, max_bytes: int | None) -> tuple[Any, str | None] | None:
+    """What the image-embedding cache says of a file input: ``(Cached(feature), None)`` for a hit,
+    ``(None, error)`` when the file cannot even be read to be hashed, None when it has no answer
+    (no cache, a miss, an input already in error, a URL: the decoders hash what they fetch)."""
+    if image_cache is None or inp.error is not None or is_url(inp.path):
+        return None
+    from .reading import file_digest
+
+    try:
+        feature = image_cache.get(file_digest(inp.path, max_bytes))
+    except ImageError as e:
+        return None, str(e)
+    return (Cached(feature), None) if feature is not None else None
+
+
 def cache_first(
     inputs: Iterable[Input],
     image_cache: Any,
@@ -299,24 +306,17 @@ def cache_first(
     unreadable, too big); from the first input that needs the image tower (a new file, a URL) on,
     ``encoder()``, which loads the model only then, takes the rest. The features and errors are
     the ones :class:`ImageEncoder` gives for the same inputs, so the records are too."""
-    from .reading import file_digest
-
     it = iter(inputs)
     batch: list[Encoded] = []
     for inp in it:
         if inp.error is not None:
             batch.append(Encoded(inp, None, inp.error))
-        elif is_url(inp.path):
-            break
         else:
-            try:
-                feature = image_cache.get(file_digest(inp.path, max_bytes))
-            except ImageError as e:
-                batch.append(Encoded(inp, None, str(e)))
-            else:
-                if feature is None:
-                    break
-                batch.append(Encoded(inp, feature, None))
+            answer = cache_lookup(image_cache, inp, max_bytes)
+            if answer is None:
+                break
+            payload, error = answer
+            batch.append(Encoded(inp, None if payload is None else payload.feature, error))
         if len(batch) >= batch_size:
             yield batch
             batch = []

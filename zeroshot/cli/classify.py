@@ -360,7 +360,7 @@ def _classify_locally(run: ClassifyRun) -> tuple[int, int]:
             total += 1
             failed += "error" in record
             steps.advance()
-            if manifest is not None:
+            if manifest is not None and total == 1:
                 manifest.mark("first_record")
         writer.close()
         if sheet is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -125,11 +126,14 @@ def eval_cmd(
     )
     loaded, text = prepared.loaded, prepared.text
     with Steps(show, "evaluating", "images", _eval_total(folder, data_dir, split.value, limit)) as steps:
-        if folder is not None and limit is None:
+        if folder is not None:
             from ..evaluate import folder_items
 
-            classes = text.prompt_set.classes
-            count_in_background(steps, lambda found: sum(1 for _ in folder_items(folder, classes)))
+            def count(found: Callable[[int], None]) -> int:
+                n = sum(1 for _ in folder_items(folder, text.prompt_set.classes))
+                return min(n, limit) if limit else n
+
+            count_in_background(steps, count)
         run = evaluate_run(
             loaded, text, folder=folder, idx_dir=data_dir, split=split.value, limit=limit,
             batch_size=batch_size, workers=workers, max_bytes=max_bytes, progress=steps.advance,
@@ -164,7 +168,7 @@ def _eval_total(folder: Path | None, data_dir: Path | None, split: str, limit: i
     """How many images eval will score, when that is known before it starts (IDX files say it in
     their header; a folder is counted while the run goes)."""
     if folder is not None:
-        return limit
+        return None
     from ..idx import split_size
 
     try:
