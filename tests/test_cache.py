@@ -130,7 +130,7 @@ def test_cache_command_lists_and_clears(checkpoint):
     assert listing.exit_code == 0
     info = json.loads(listing.stdout)
     assert info["cache_dir"] == str(cache.cache_dir())
-    assert len(info["entries"]) == 1 and info["entries"][0]["classes"] == "2"
+    assert len(info["entries"]) == 1 and info["entries"][0]["classes"] == 2  # a number, for jq comparisons
     table = CliRunner().invoke(app, ["cache"])
     assert "1 entries" in table.stdout and "labels+default" in table.stdout
     cleared = json.loads(CliRunner().invoke(app, ["cache", "--clear"]).stdout)

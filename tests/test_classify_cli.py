@@ -9,8 +9,8 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
-import pytest
 from PIL import Image
 
 from .conftest import ARCH, DATA, invoke, make_image, run_cli
@@ -20,6 +20,9 @@ LABELS = ["cat", "dog", "car"]
 
 def model_args(checkpoint):
     return ["-m", ARCH, "-p", str(checkpoint), *sum((["--label", x] for x in LABELS), [])]
+
+
+ZEROSHOT = str(Path(sys.executable).with_name("zeroshot"))  # the installed console script
 
 
 def parse(stdout):
@@ -116,14 +119,16 @@ def test_head_closes_pipe_quietly(checkpoint, image_dir, tmp_path):
     many.mkdir()
     for i in range(40):
         shutil.copy(image_dir / "a.png", many / f"{i:03d}.png")
+    # The installed command, and the pipeline's statuses read one by one: zeroshot's own is 141
+    # (stdout closed early) and it says nothing; head's is 0.
     cmd = (
-        f"{sys.executable} -m zeroshot classify {many} -m {ARCH} -p {checkpoint} --label cat --label dog -b 4"
-        " | head -n 1"
+        f"{ZEROSHOT} classify {many} -m {ARCH} -p {checkpoint} --label cat --label dog -b 4"
+        ' | head -n 1; echo "statuses ${PIPESTATUS[*]}" >&2'
     )
     proc = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, env=dict(os.environ), timeout=300)
     assert proc.returncode == 0
     assert len(proc.stdout.splitlines()) == 1 and json.loads(proc.stdout)["path"].endswith("000.png")
-    assert proc.stderr == ""
+    assert proc.stderr == "statuses 141 0\n"
 
 
 def test_usage_errors_exit_2(checkpoint, image_dir):
@@ -138,12 +143,28 @@ def test_usage_errors_exit_2(checkpoint, image_dir):
     assert unknown.stderr.count("\n") == 1 and "known ones are" in unknown.stderr and "cifar100" in unknown.stderr
 
 
-@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root can read anything")
-def test_unreadable_file_is_an_error_record(checkpoint, image_dir, tmp_path):
-    locked = make_image(tmp_path / "locked.png", 1)
-    locked.chmod(0)
-    records = parse(invoke("classify", str(locked), *model_args(checkpoint)).stdout)
-    assert records == [{"path": str(locked), "error": "permission denied"}]
+def test_usage_errors_from_the_installed_command_are_one_line(tmp_path):
+    """The line main() makes of Typer's own parsing errors (an unknown option, a value out of range),
+    as a shell user sees it; and --version."""
+    for args, words in (
+        (["classify", "x.png", "--top-k", "0"], "Invalid value for '--top-k' / '-k'"),
+        (["classify", "x.png", "--bogus"], "No such option: --bogus"),
+        (["clasify"], "No such command 'clasify'"),
+    ):
+        done = subprocess.run([ZEROSHOT, *args], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2 and done.stdout == "", args
+        assert done.stderr.startswith("zeroshot: error: ") and done.stderr.count("\n") == 1, done.stderr
+        assert words in done.stderr and done.stderr.endswith("(see zeroshot -h)\n")
+    from importlib.metadata import version
+
+    done = subprocess.run([ZEROSHOT, "--version"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout == f"zeroshot {version('zeroshot-clip')}\n"
+
+
+def test_empty_file_is_named_so(checkpoint, tmp_path):
+    (tmp_path / "zero.png").write_bytes(b"")
+    records = parse(invoke("classify", str(tmp_path / "zero.png"), *model_args(checkpoint)).stdout)
+    assert records == [{"path": str(tmp_path / "zero.png"), "error": "empty file (0 bytes)"}]
 
 
 def test_high_bit_depth_images_match_their_8bit_version(checkpoint, tmp_path):

@@ -11,10 +11,12 @@ one line and the next run succeeds.
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -142,12 +144,38 @@ def errors_of(stderr: str) -> list[str]:
     return [line for line in lines if line.startswith("zeroshot: error: ")]
 
 
+ZEROSHOT = str(Path(sys.executable).with_name("zeroshot"))  # the installed console script
+
+
 def run_classify(hub, hf_home, pictures, model, tag, env_extra=None):
     env = hub_env(hub, hf_home)
     env.update(env_extra or {})
-    args = [sys.executable, "-m", "zeroshot", "classify", *pictures, "-m", model, "-p", tag, "-k", "3", "--no-cache"]
+    args = [ZEROSHOT, "classify", *pictures, "-m", model, *(["-p", tag] if tag else []), "-k", "3", "--no-cache"]
     args += [a for label in LABELS for a in ("--label", label)]
     return subprocess.run(args, capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+
+
+def test_each_cause_of_a_failed_download_is_named(hub, pictures, tmp_path):
+    """Not on the Hub (a repository, a file), no network, offline mode set: three causes, three
+    messages, each naming its own (the Hub's every URL contains "resolve": no word-guessing)."""
+    hub.put("laion/no-weights-here", "README.md", b"a repository without open_clip's files\n")
+    cases = [
+        ("hf-hub:laion/does-not-exist", {}, f"the Hugging Face Hub ({hub.url}) has no repository laion/does-not-exist"),
+        ("hf-hub:laion/no-weights-here", {},
+         f"the Hugging Face Hub ({hub.url}) has no file laion/no-weights-here/open_clip_config.json"),
+        ("hf-hub:laion/does-not-exist", {"HF_ENDPOINT": "http://127.0.0.1:9"},
+         "no network connection (http://127.0.0.1:9 cannot be reached)"),
+        ("hf-hub:laion/does-not-exist", {"HF_HUB_OFFLINE": "1"},
+         "HF_HUB_OFFLINE is set and its files are not in the local Hugging Face cache"),
+    ]  # fmt: skip
+    with ThreadPoolExecutor(len(cases)) as pool:  # independent runs, mostly interpreter start: at once
+        runs = list(pool.map(lambda c: run_classify(hub, tmp_path / "empty-hf", pictures, c[0], None, c[1]), cases))
+    for (model, env, cause), done in zip(cases, runs, strict=True):
+        assert done.returncode == 1 and not done.stdout
+        (error,) = errors_of(done.stderr)
+        assert cause in error, (model, env, error)
+        others = [c for _, _, c in cases if c != cause and not c.startswith("the Hugging Face Hub")]
+        assert not any(c in error for c in others)
 
 
 def test_broken_download_then_retry_then_offline_from_the_cache(hub, pictures, tmp_path, hf_home, checked):
@@ -191,9 +219,7 @@ def test_siglip2_from_a_downloaded_folder_offline(hub, pictures, tmp_path, check
     env = hub_env(hub, tmp_path / "empty-hf-home")
     env["HF_ENDPOINT"] = "http://127.0.0.1:9"  # nothing listens there
     args = [
-        sys.executable,
-        "-m",
-        "zeroshot",
+        ZEROSHOT,
         "classify",
         *pictures,
         "-m",
@@ -244,13 +270,16 @@ def test_first_download_is_visible_on_stderr_only(hub, pictures, tmp_path):
     if shutil.which("script") is None:
         pytest.fail("the terminal half of this test needs util-linux's script(1) (apt-get install util-linux)")
     env = hub_env(hub, tmp_path / "hf-tty")
-    env.update(COLUMNS="120", TERM="xterm")
-    cmd = [sys.executable, "-m", "zeroshot", "classify", *pictures, "-m", "PE-Core-T-16-384", "-p", "meta",
+    env.update(COLUMNS="80", LINES="24", TERM="xterm")  # the usual terminal: every figure must fit
+    cmd = [ZEROSHOT, "classify", *pictures, "-m", "PE-Core-T-16-384", "-p", "meta",
            "--no-cache", "--label", "cat", "--label", "dog", "-o", str(tmp_path / "out.jsonl")]  # fmt: skip
     tty = subprocess.run(["script", "-qfec", shlex.join(cmd), "/dev/null"], capture_output=True, text=True,
                          env=env, cwd=REPO, timeout=300)  # fmt: skip
     assert tty.returncode == 0, tty.stdout[-2000:]
-    screen = tty.stdout
+    screen = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", tty.stdout).replace("\r", "\n")
     assert "downloading timm/PE-Core-T-16-384/open_clip_model.safetensors" in screen
-    assert "MB/s" in screen or "kB/s" in screen or "GB/s" in screen  # the rate
+    # One line of the display holds size done/total, the rate and the time left, within 80 columns.
+    figures = re.compile(r"\d+(\.\d+)?/\d+(\.\d+)? (bytes|kB|MB|GB) +\d+(\.\d+)? (bytes|kB|MB|GB)/s +\d+:\d\d:\d\d")
+    lines = [line for line in screen.splitlines() if figures.search(line)]
+    assert lines and all(len(line) <= 80 for line in lines), screen[-1500:]
     assert (tmp_path / "out.jsonl").read_text().count("\n") == len(pictures)

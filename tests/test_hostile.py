@@ -295,10 +295,15 @@ def test_two_processes_building_one_cache_entry(tmp_path):
     ]
     outs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
-    files = {json.loads(o)["cache_file"] for o, _ in outs}
-    assert len(files) == 1
+    # Both wrote (or one found the other's): one entry, whole, and nothing else in the folder.
+    (entry,) = (tmp_path / "cache" / "text").iterdir()
+    assert {json.loads(o)["cache_file"] for o, _ in outs} == {str(entry)}
+    from safetensors.numpy import load_file
+
+    weights = load_file(str(entry))["weights"]
+    assert weights.shape[0] == 100 and np.allclose(np.linalg.norm(weights, axis=1), 1.0, atol=1e-5)
     third = run_cli("build-prompts", "--dataset", "cifar100", "--model", BUNDLED_NAME, env_extra=env)
-    assert json.loads(third.stdout)["cache_hit"] is True and third.returncode == 0
+    assert json.loads(third.stdout)["cache_hit"] is True and third.returncode == 0  # a torn file would miss
     assert "unusable" not in third.stderr
     assert not [p for p in (tmp_path / "cache").rglob("*") if ".tmp" in p.name]
 

@@ -22,13 +22,13 @@ def test_zeroshot_class_gives_the_clis_records(tmp_path):
     clf = zeroshot.Zeroshot(model=BUNDLED_NAME, device="cpu")
     text = clf.text_classifier(zeroshot.resolve_prompt_set(dataset="fashion-mnist"))
     options = {"top_k": 3, "workers": 0, "multi_label": True, "threshold": 0.2, "background": "garment",
-               "min_score": 0.05, "max_pixels": 1000}  # fmt: skip
+               "max_pixels": 1000}  # fmt: skip
     library = list(clf.classify(inputs, text, **options))
     cli = CliRunner().invoke(
         app,
         ["classify", *inputs, "-m", BUNDLED_NAME, "--dataset", "fashion-mnist", "-k", "3", "--workers", "0",
-         "--multi-label", "--threshold", "0.2", "--background", "garment", "--min-score", "0.05",
-         "--max-pixels", "1000", "--device", "cpu"],
+         "--multi-label", "--threshold", "0.2", "--background", "garment", "--max-pixels", "1000", "--device",
+         "cpu"],
     )  # fmt: skip
     assert cli.exit_code == 1  # the broken file
     records = [json.loads(line) for line in cli.stdout.splitlines()]

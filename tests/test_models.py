@@ -67,14 +67,17 @@ def test_hf_hub_without_network_is_one_line_exit_1(offline_env):
 @pytest.mark.parametrize(
     "args, expected",
     [
-        (["-m", ARCH, "-p", "laion9000"], "unknown pretrained tag 'laion9000' for ViT-S-32; known tags:"),
+        (["-m", "ViT-B-32", "-p", "laion9000"], "unknown pretrained tag 'laion9000' for ViT-B-32; known tags: openai,"),
+        (["-m", ARCH, "-p", "laion9000"], "ViT-S-32 has no pretrained tags in open_clip ('laion9000' asked for)"),
         (["-m", ARCH, "-p", "/nonexistent/weights.pt"], "checkpoint file not found: /nonexistent/weights.pt"),
         (["-m", "ViT-B-33", "-p", "openai"], "unknown model 'ViT-B-33' (did you mean"),
     ],
 )
-def test_bad_weights_are_one_line_exit_1(args, expected):
+def test_unknown_model_names_are_usage_errors_exit_2(args, expected):
+    """A model, tag or file that does not exist is a mistake on the command line, as an unknown
+    dataset is: exit 2 (weights that exist but cannot be fetched or read are exit 1)."""
     result = CliRunner().invoke(app, ["build-prompts", "--label", "cat", *args])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert result.stderr.count("\n") == 1 and expected in result.stderr
 
 
@@ -166,3 +169,19 @@ def test_cli_imports_transformers_only_for_a_model_that_needs_it():
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["label"] == "ankle boot"
     assert done.stderr.split()[-2:] == ["False", "True"]
+
+
+def test_options_that_do_not_apply_to_the_model_are_refused():
+    """Said, never silently ignored: a tag for the bundled model, --preprocess without a checkpoint
+    file (a tag, the bundled model, a classifier file's model)."""
+    cases = {
+        ("-m", BUNDLED_NAME, "-p", "openai"): "fashion-mini is zeroshot's bundled model: it brings its own weights "
+        "and takes no --pretrained tag ('openai')",
+        ("-m", BUNDLED_NAME, "--preprocess", "openai"): "--preprocess does not apply to fashion-mini",
+        ("-m", "ViT-B-32", "-p", "openai", "--preprocess", "laion2b_s34b_b79k"): "--preprocess laion2b_s34b_b79k "
+        "applies to a checkpoint file (--pretrained FILE); ViT-B-32 (openai) brings its own preprocessing",
+    }
+    for args, message in cases.items():
+        result = CliRunner().invoke(app, ["build-prompts", "--label", "cat", *args])
+        assert result.exit_code == 2 and result.stdout == "", args
+        assert result.stderr.startswith(f"zeroshot: error: {message}") and result.stderr.count("\n") == 1

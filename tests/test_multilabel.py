@@ -161,7 +161,41 @@ def test_multi_label_in_every_format_and_with_min_score(checkpoint, image_dir, t
     assert all(r.rsplit(",", 1)[1] in ("cat;dog", "dog;cat") for r in rows)  # threshold 0: both present
     table = invoke(*base, "--threshold", "0", "-f", "table")
     assert "labels" in table.stdout.splitlines()[1] and ("cat, dog" in table.stdout or "dog, cat" in table.stdout)
-    none = invoke(*base, "--threshold", "1", "--min-score", "1")
+    none = invoke(*base, "--threshold", "1")
     for line in none.stdout.splitlines():
         rec = json.loads(line)
         assert rec["labels"] == [] and rec["label"] is None and len(rec["top_k"]) == 2
+    # --min-score is the single-label cut-off: with --multi-label it would contradict the threshold
+    # ("label": null beside labels present), so the pair is refused, as in the library.
+    both = invoke(*base, "--threshold", "0", "--min-score", "0.99999")
+    assert both.exit_code == 2 and both.stdout == ""
+    assert "--min-score is for single-label runs; with --multi-label, --threshold decides" in both.stderr
+
+
+def test_multi_label_options_are_never_silently_ignored(fake_model, tmp_path):
+    from zeroshot.errors import UsageError
+
+    image = tmp_path / "red.png"
+    Image.new("RGB", (8, 8), (250, 10, 10)).save(image)
+    base = ["classify", str(image), "--label", "red", "--label", "blue", *fake_model]
+    cal = tmp_path / "cal.json"
+    cal.write_text("{}")
+    refused = {
+        ("--threshold", "0.3"): "--threshold apply only with --multi-label (or --calibration)",
+        ("--background", "garment"): "--background apply only with --multi-label (or --calibration)",
+        ("--threshold", "0.3", "--background", "x"): "--threshold and --background apply only with --multi-label",
+        ("--calibration", str(cal), "--background", "x"): "--background is not used with --calibration",
+        ("--multi-label", "--min-score", "0.5"): "--min-score is for single-label runs",
+    }
+    for extra, message in refused.items():
+        result = invoke(*base, *extra)
+        assert result.exit_code == 2 and result.stdout == "", extra
+        assert result.stderr.count("\n") == 1 and message in result.stderr, (extra, result.stderr)
+    import zeroshot
+
+    zs = zeroshot.Zeroshot(model="ViT-B-32", pretrained="openai", device="cpu")
+    text = zs.text_classifier(zeroshot.resolve_prompt_set(labels=["red", "blue"]), use_cache=False)
+    for kwargs in ({"threshold": 0.3}, {"background": "x"}, {"multi_label": True, "min_score": 0.5}):
+        with pytest.raises(UsageError):
+            zs.classify([str(image)], text, **kwargs)
+    assert next(zs.classify(str(image), text, multi_label=True, threshold=0.5, workers=0))["labels"] == ["red"]

@@ -124,3 +124,51 @@ def test_interrupted_run_leaves_no_half_file(tmp_path):
     assert proc.returncode == 130 and "Traceback" not in err
     assert target.read_text() == "old contents\n"  # the old file untouched
     assert [p.name for p in target.parent.iterdir()] == ["out.csv"]  # no temporary file left
+
+
+def table_of(records, tmp_path, *, width=None, multi_label=False) -> str:
+    from zeroshot.files import destination
+    from zeroshot.output import RecordWriter
+
+    out = tmp_path / f"table-{width}-{multi_label}.txt"
+    writer = RecordWriter("table", destination("--output", out), multi_label=multi_label, width=width)
+    for record in records:
+        writer.write(record)
+    writer.close()
+    return out.read_text()
+
+
+def path_cells(table: str) -> str:
+    """The path column of a table's body rows, joined: a folded path's pieces make it whole again."""
+    return "".join(line.split("│")[1].strip() for line in table.splitlines() if line.startswith("│"))
+
+
+def test_table_shows_the_best_guess_and_every_path_whole(tmp_path):
+    """Under --min-score a record with no label still shows its best guesses; a long path is never
+    cut (two files that differ only in their first characters must not look alike)."""
+    top = [{"label": "cat", "score": 0.41}, {"label": "dog", "score": 0.32}, {"label": "car", "score": 0.27}]
+    deep = "/".join(["photos", "holiday-2025", "x" * 60, "y" * 40, "IMG_0001.jpg"])
+    paths = [f"a/{deep}", f"b/{deep}"]
+    records = [{"path": p, "label": None, "score": 0.41, "top_k": top} for p in paths]
+    for width in (None, 200, 60):
+        table = table_of(records, tmp_path, width=width)
+        assert "…" not in table and path_cells(table) == "".join(paths), table
+        assert "none of these" in table and "cat 0.410" in table, table  # (at 60 columns it wraps after)
+        if width is not None:
+            assert max(len(line) for line in table.splitlines()) <= width
+    assert all(p in table_of(records, tmp_path) for p in paths)  # piped: each on one line
+    labelled = table_of([{"path": "x.png", "label": "cat", "score": 0.41, "top_k": top}], tmp_path)
+    assert "dog 0.320, car 0.270" in labelled and "cat 0.410" not in labelled  # the label is not repeated
+    multi = [{"path": "y.png", "label": None, "score": 0.41, "labels": [], "top_k": top},
+             {"path": "z.png", "label": "cat", "score": 0.9, "labels": ["cat"], "top_k": top}]  # fmt: skip
+    table = table_of(multi, tmp_path, multi_label=True)
+    assert "none over the threshold" in table and "cat 0.410, dog 0.320" in table and "dog 0.320, car 0.270" in table
+
+
+def test_table_from_the_cli_under_min_score_names_the_best_guess(inputs):
+    table = run(*inputs[:2], *BASE, "-f", "table", "--min-score", "1.0").stdout
+    assert table.count("none of these") == 2
+    records = [json.loads(line) for line in run(*inputs[:2], *BASE).stdout.splitlines()]
+    for rec in records:
+        best = rec["top_k"][0]
+        assert f"{best['label']} {best['score']:.3f}" in table

@@ -17,16 +17,20 @@ from zeroshot.cli import app
 
 from .conftest import ARCH, make_image
 
-ray = pytest.importorskip("ray", reason="the Ray engine needs zeroshot-clip[ray]")
-
 LABELS = ["--label", "red fox", "--label", "tabby cat", "--label", "sports car"]
 
 
 @pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+def ray_installed():
+    """Ray itself, for the tests that start it (the others here run without it)."""
+    return pytest.importorskip("ray", reason="the Ray engine needs zeroshot-clip[ray]")
+
+
+@pytest.fixture(scope="module")
+def local_ray(ray_installed):
+    ray_installed.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
-    ray.shutdown()
+    ray_installed.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +155,7 @@ def _actor_pids(root: int) -> list[int]:
 
 
 @pytest.mark.slow
-def test_a_killed_worker_loses_and_duplicates_nothing(tmp_path, checkpoint):
+def test_a_killed_worker_loses_and_duplicates_nothing(ray_installed, tmp_path, checkpoint):
     """SIGKILL the actor mid-run: Ray restarts it and retries its batch; every input has one record."""
     folder = tmp_path / "in"
     folder.mkdir()

@@ -215,6 +215,10 @@ def test_null_separated_paths_from_find(tmp_path):
     # Without -0 the same bytes are split on the newline: the two halves are "no such file".
     lines = invoke("classify", "-", *MODEL, "-k", "1", input=listing.replace(b"\0", b"\n"))
     assert lines.exit_code == 1
+    split = {r["path"]: r for r in records_of(lines.stdout)}
+    assert split[str(folder / "new")] == {"path": str(folder / "new"), "error": "no such file"}
+    assert split["line.png"] == {"path": "line.png", "error": "no such file"}
+    assert len(split) == len(names) + 1 and sum("error" in r for r in split.values()) == 2
 
 
 def test_heic_and_avif_match_the_same_pixels_as_png(checkpoint, tmp_path):

@@ -100,7 +100,7 @@ class Zeroshot:
 
     def classify(
         self,
-        paths: Iterable[str],
+        paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
         text: Any,
         *,
         top_k: int = 5,
@@ -113,12 +113,16 @@ class Zeroshot:
         image_cache: Any = None,
         max_pixels: int | None = None,
         multi_label: bool = False,
-        threshold: float = 0.5,
+        threshold: float | None = None,
         background: str | None = None,
         calibration: Any = None,
         min_score: float | None = None,
     ) -> Iterator[Record]:
         """One record per path (files or folders), in order, as the CLI prints them.
+
+        ``paths`` is one path (a ``str`` or ``os.PathLike``: one input, never its characters) or an
+        iterable of them, consumed lazily; anything else is a ``TypeError``. ``-`` is a file name
+        here (the library reads no stdin).
 
         ``workers``, ``decoder`` and ``jpeg_draft`` are the CLI's ``--workers``, ``--decoder`` and
         ``--jpeg-draft``; ``max_bytes`` and ``timeout`` the CLI's ``--max-bytes`` and ``--timeout``
@@ -128,24 +132,49 @@ class Zeroshot:
         ``multi_label``/``threshold``/``background``/``calibration`` (a
         :class:`~zeroshot.calibration.Calibration` or a path to one) are ``--multi-label``,
         ``--threshold``, ``--background`` and ``--calibration``; ``min_score`` is ``--min-score``.
+        Combinations the CLI refuses (``threshold`` without ``multi_label``, ``min_score`` with it)
+        raise :class:`UsageError` here too.
         """
+        from .assembly import multi_label_from
         from .classifier import resolve_multilabel
         from .images import iter_inputs
         from .output import apply_min_score
         from .pipeline import DecodeOptions, classify_inputs
 
+        inputs = _input_paths(paths)
         rule = None
-        if multi_label or calibration is not None:
+        wanted = multi_label_from(multi_label, threshold, background, calibration, min_score)
+        if wanted is not None:
             rule = resolve_multilabel(
-                self.spec, text.prompt_set, lambda: self.loaded, threshold=threshold, background=background,
-                calibration=calibration,
+                self.spec, text.prompt_set, lambda: self.loaded, threshold=wanted.threshold,
+                background=wanted.background, calibration=wanted.calibration,
             )  # fmt: skip
         options = DecodeOptions(workers=workers, decoder=decoder, jpeg_draft=jpeg_draft)
         for name, value in (("max_bytes", max_bytes), ("timeout", timeout), ("max_pixels", max_pixels)):
             if value is not None:
                 setattr(options, name, value)
         records = classify_inputs(
-            self.loaded, text, iter_inputs(paths), top_k=top_k, batch_size=batch_size,
+            self.loaded, text, iter_inputs(inputs), top_k=top_k, batch_size=batch_size,
             image_cache=image_cache, options=options, multi_label=rule,
         )  # fmt: skip
         return (apply_min_score(record, min_score) for record in records)
+
+
+def _input_paths(paths: Any) -> Iterator[str]:
+    """``classify``'s inputs as path strings: one path alone, or each of an iterable's (checked as
+    they come). A string is one path: iterating it would make an input of each character, and
+    ``/`` among them would walk the whole filesystem. A wrong type raises here, at the call."""
+    if isinstance(paths, (str, bytes, os.PathLike)):
+        return iter([os.fsdecode(paths)])
+    try:
+        items = iter(paths)
+    except TypeError:
+        raise TypeError(f"paths must be a path or an iterable of paths, not {type(paths).__name__}") from None
+
+    def checked() -> Iterator[str]:
+        for item in items:
+            if not isinstance(item, (str, bytes, os.PathLike)):
+                raise TypeError(f"each of paths must be a str or os.PathLike, not {type(item).__name__}: {item!r}")
+            yield os.fsdecode(item)
+
+    return checked()

@@ -201,6 +201,8 @@ def few_shot(
     import torch
     import torch.nn.functional as F
 
+    from .evaluate import share
+
     feats = F.normalize(torch.as_tensor(feats).float(), dim=-1)
     labels = torch.as_tensor(labels).long()
     w0 = torch.as_tensor(w0).float()
@@ -230,7 +232,7 @@ def few_shot(
         a = adapt(x, y, w0, scale, classes, seed=seed)
         for name, w in (("zero_shot", w0), ("linear_probe", fit(x, y, w0, scale, 0.0, seed=seed)),
                         ("class_means", means), ("adapted", a.weights)):  # fmt: skip
-            runs[name].append(float((tf @ w.T).argmax(dim=1).eq(tl).float().mean()) if len(tl) else 0.0)
+            runs[name].append(share((tf @ w.T).argmax(dim=1).eq(tl)))
         chosen.append(a.lam)
     out: dict[str, Any] = {"shots": shots, "seeds": seeds, "pull": chosen}
     for name, vals in runs.items():

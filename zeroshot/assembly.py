@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .errors import ModelLoadError
+from .errors import ModelLoadError, UnknownModelError
 
 if TYPE_CHECKING:
     from .classifier import TextClassifier
@@ -42,6 +42,38 @@ class MultiLabel:
     threshold: float = 0.5
     background: str | None = None  # None: the default neutral word
     calibration: Any = None
+
+
+def multi_label_from(
+    wanted: bool,
+    threshold: float | None = None,
+    background: str | None = None,
+    calibration: Any = None,
+    min_score: float | None = None,
+) -> MultiLabel | None:
+    """The multi-label options a run was given (``--multi-label``, or ``--calibration``, which implies
+    it), or None; options that would be silently ignored are a :class:`UsageError` instead:
+    ``--threshold``/``--background`` without ``--multi-label``, ``--background`` with a calibration
+    (whose fitted a and b decide), ``--min-score`` with ``--multi-label`` (the threshold decides
+    which labels are present; a second cut-off would leave ``label`` null beside present ``labels``)."""
+    from .errors import UsageError
+
+    wanted = wanted or calibration is not None
+    if not wanted:
+        given = [name for name, v in (("--threshold", threshold), ("--background", background)) if v is not None]
+        if given:
+            raise UsageError(f"{' and '.join(given)} apply only with --multi-label (or --calibration)")
+        return None
+    if min_score is not None:
+        raise UsageError(
+            "--min-score is for single-label runs; with --multi-label, --threshold decides which labels are present"
+        )
+    if background is not None:
+        if not background.strip():
+            raise UsageError("--background is empty")
+        if calibration is not None:
+            raise UsageError("--background is not used with --calibration: the calibration's fitted a and b decide")
+    return MultiLabel(0.5 if threshold is None else threshold, background.strip() if background else None, calibration)
 
 
 class Loading:
@@ -113,9 +145,9 @@ def spec_for(choice: ModelChoice, file: ClassifierFile | None = None) -> ModelSp
         return resolve_spec(choice.model, choice.pretrained, choice.preprocess)
     if choice.model is None and choice.pretrained is None:
         try:
-            spec = spec_built_for(file.model, file.pretrained)
-        except ModelLoadError as e:
-            raise ModelLoadError(
+            spec = spec_built_for(file.model, file.pretrained, choice.preprocess)
+        except (ModelLoadError, UnknownModelError) as e:
+            raise type(e)(
                 f"{e} (the model classifier file {file.path} was built with; pass --model/--pretrained)"
             ) from None
     else:

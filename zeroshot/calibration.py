@@ -94,7 +94,7 @@ def expected_calibration_error(scores: Any, present: Any, bins: int = 10) -> flo
     return total if len(s) else float(torch.nan)
 
 
-def save_calibration(path: str | Path, spec: ModelSpec, a: float, b: float, **info: Any) -> None:
+def save_calibration(path: str | Path | files.Destination, spec: ModelSpec, a: float, b: float, **info: Any) -> None:
     data = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -106,12 +106,7 @@ def save_calibration(path: str | Path, spec: ModelSpec, a: float, b: float, **in
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         **info,
     }
-    try:
-        files.atomic_write_bytes(
-            Path(path), (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode(), shared=True
-        )
-    except OSError as e:
-        raise UsageError(f"cannot write {path}: {e.strerror or e}") from None
+    files.write_named(path, (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode(), "--calibrate")
 
 
 def load_calibration(path: str | Path) -> Calibration:
@@ -155,7 +150,9 @@ def check_calibration_model(cal: Calibration, spec: ModelSpec) -> None:
         )
 
 
-def calibrate_on(run: EvalRun, loaded: LoadedModel, text: TextClassifier, path: str | Path) -> dict[str, Any]:
+def calibrate_on(
+    run: EvalRun, loaded: LoadedModel, text: TextClassifier, path: str | Path | files.Destination
+) -> dict[str, Any]:
     """Fit the multi-label calibration on an eval run (``eval --calibrate FILE``), write it to
     ``path``, and say how well it fits: expected calibration error before and after."""
     import torch

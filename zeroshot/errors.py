@@ -35,6 +35,11 @@ class ModelLoadError(ZeroshotError):
     """A model or its weights could not be resolved, fetched or loaded."""
 
 
+class UnknownModelError(UsageError):
+    """``--model``/``--pretrained`` name nothing that exists: an unknown architecture or tag, a
+    checkpoint file or model folder that is not there. Exit code 2, as for an unknown dataset."""
+
+
 class UnsafeCheckpointError(ModelLoadError):
     """A checkpoint file would need an unrestricted unpickler (it may run code)."""
 

@@ -141,8 +141,15 @@ def _decoded_array(
         yield batch
 
 
+def share(hits: Any) -> float:
+    """The share of true entries of a boolean tensor, as a count over a count (exactly 0.9 for 9
+    of 10), not a float32 mean (0.8999999761581421 once printed)."""
+    n = len(hits)
+    return int(hits.sum()) / n if n else 0.0
+
+
 def _top1(feats: Any, weights: Any, labels: Any) -> float:
-    return float((feats @ weights.T).argmax(dim=1).eq(labels).float().mean()) if len(labels) else 0.0
+    return share((feats @ weights.T).argmax(dim=1).eq(labels)) if len(labels) else 0.0
 
 
 def evaluate(
@@ -176,8 +183,8 @@ def evaluate(
         "images": n,
         "classes": classes,
         "templates": len(prompt_set.templates),
-        "top1": float(pred.eq(labels).float().mean()) if n else 0.0,
-        f"top{k}": float(topk.eq(labels[:, None]).any(dim=1).float().mean()) if n else 0.0,
+        "top1": share(pred.eq(labels)) if n else 0.0,
+        f"top{k}": share(topk.eq(labels[:, None]).any(dim=1)) if n else 0.0,
         "mean_per_class_recall": sum(present) / len(present) if present else 0.0,
         "per_class_recall": recall,
         "confusion_matrix": confusion.tolist(),

@@ -62,13 +62,16 @@ def _specs_data(prompt_set: PromptSet) -> list[dict[str, Any] | None]:
     return [None if s is None else s.as_data() for s in prompt_set.specs]
 
 
-def save_classifier(path: str | Path, spec: ModelSpec, prompt_set: PromptSet, weights: Any, **info: Any) -> None:
+def save_classifier(
+    path: str | Path | files.Destination, spec: ModelSpec, prompt_set: PromptSet, weights: Any, **info: Any
+) -> None:
     """Write ``weights`` (a numpy array [C, dim], as :class:`~zeroshot.classifier.TextClassifier`
-    holds them) for ``spec`` and ``prompt_set`` to ``path``, atomically."""
+    holds them) for ``spec`` and ``prompt_set`` to ``path`` (atomically, see
+    :func:`zeroshot.files.destination`)."""
     import numpy as np
     from safetensors.numpy import save
 
-    path = Path(path)
+    dest = path if isinstance(path, files.Destination) else files.destination("", path)
     array = np.ascontiguousarray(weights, dtype=np.float32)
     if array.shape[0] != len(prompt_set.classes):
         raise ValueError(f"{array.shape[0]} rows for {len(prompt_set.classes)} classes")
@@ -87,10 +90,7 @@ def save_classifier(path: str | Path, spec: ModelSpec, prompt_set: PromptSet, we
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         **{k: str(v) for k, v in info.items()},
     }
-    try:
-        files.atomic_write_bytes(path, save({"weights": array}, metadata=meta), shared=True)
-    except OSError as e:
-        raise UsageError(f"cannot write {path}: {e.strerror or e}") from None
+    files.write_named(dest, save({"weights": array}, metadata=meta))
 
 
 def _json_field(meta: dict[str, str], key: str, kind: type, where: str) -> Any:

@@ -140,11 +140,13 @@ def _attach_transformers() -> None:
     hf_model = sys.modules.get("open_clip.hf_model")
     if hf_model is None or getattr(hf_model, "transformers", None) is not None:
         return
-    import transformers
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
+    import transformers  # noqa: F401  (an ImportError here is the one-line "needs the package")
 
-    hf_model.transformers, hf_model.AutoConfig = transformers, AutoConfig  # type: ignore[attr-defined]
-    hf_model.AutoModel, hf_model.AutoTokenizer = AutoModel, AutoTokenizer  # type: ignore[attr-defined]
+    # Run the module again, now that its imports succeed. Binding a few names by hand is not enough:
+    # it uses more of transformers at call time (ClsPooler checks BaseModelOutputWithPooling, which
+    # stayed unbound: NLLB-CLIP failed with a NameError from the command line). A reload executes it
+    # in the same namespace, which the classes open_clip.model already holds read their globals from.
+    importlib.reload(hf_model)
 
 
 def _attach_timm() -> None:

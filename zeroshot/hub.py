@@ -12,9 +12,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 
+def hub_endpoint() -> str:
+    """The Hugging Face endpoint in use (``HF_ENDPOINT``, else huggingface.co), as messages show it."""
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+
+
 def hub_address() -> tuple[str, int]:
     """(host, port) of the Hugging Face endpoint (``HF_ENDPOINT``, else huggingface.co)."""
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    endpoint = hub_endpoint()
     scheme, _, rest = endpoint.rpartition("://")
     netloc = rest.split("/", 1)[0]
     host, _, port = netloc.rpartition(":") if netloc.count(":") == 1 else (netloc, "", "")
@@ -87,6 +92,22 @@ def cache_only() -> Iterator[None]:
             os.environ.pop("HF_HUB_OFFLINE", None)
         else:
             os.environ["HF_HUB_OFFLINE"] = env
+
+
+def in_hub_cache(repo: str, names: tuple[str, ...]) -> bool:
+    """Whether the local Hugging Face cache holds one of ``names`` from ``repo`` (a quick look at
+    the cache folder, no request): when it does not, loading from the cache alone is not worth a try."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return False
+    for name in names:
+        try:
+            if isinstance(try_to_load_from_cache(repo, name), str):
+                return True
+        except Exception:  # an odd repository id: let the load itself say what is wrong
+            return True
+    return False
 
 
 class DownloadReport(Protocol):
@@ -196,3 +217,59 @@ def reporting_downloads(report: DownloadReport | None) -> Iterator[None]:
         file_download._download_to_tmp_and_move = original
         if not bars_were_off:
             enable_progress_bars()
+
+
+# --- why a download failed --------------------------------------------------------------------
+
+NOT_FOUND, NO_NETWORK, OFFLINE_MODE = "not found", "no network", "offline mode"
+
+
+def failure_cause(e: BaseException, *, user_offline: bool, unreachable: bool) -> tuple[str, str] | None:
+    """Why loading from the Hub failed, from the exceptions themselves (open_clip wraps them in a
+    RuntimeError; the chain keeps them), never from words in a message (every Hub URL contains
+    "resolve"). Returns (cause, detail) or None when the Hub is not the cause:
+
+    - :data:`NOT_FOUND`: the Hub answered that the repository, revision or file does not exist
+      (detail: which, ``org/repo`` or ``org/repo/file``);
+    - :data:`OFFLINE_MODE`: ``HF_HUB_OFFLINE`` was set by the user and a file is not in the cache;
+    - :data:`NO_NETWORK`: the Hub could not be reached (``unreachable``: the probe found it so) or
+      the connection failed.
+    """
+    try:
+        from huggingface_hub import errors as hf_errors
+    except ImportError:
+        return None
+    not_found = (hf_errors.RepositoryNotFoundError, hf_errors.RevisionNotFoundError, hf_errors.EntryNotFoundError)
+    local_only = (hf_errors.LocalEntryNotFoundError, hf_errors.OfflineModeIsEnabled)
+    connection = (ConnectionError, TimeoutError, socket.gaierror)
+    seen: set[int] = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, local_only):  # (a subclass of EntryNotFoundError: asked first)
+            return (OFFLINE_MODE if user_offline else NO_NETWORK), ""
+        if isinstance(cur, not_found):
+            what = "repository" if isinstance(cur, hf_errors.RepositoryNotFoundError) else (
+                "revision" if isinstance(cur, hf_errors.RevisionNotFoundError) else "file")  # fmt: skip
+            return NOT_FOUND, f"{what} {_hub_path(cur, what)}".strip()
+        if isinstance(cur, connection) or type(cur).__name__ in ("ConnectError", "ConnectTimeout", "ReadTimeout"):
+            return NO_NETWORK, ""
+        cur = cur.__cause__ or cur.__context__
+    if user_offline:
+        return OFFLINE_MODE, ""
+    if unreachable:
+        return NO_NETWORK, ""
+    return None
+
+
+def _hub_path(e: BaseException, what: str) -> str:
+    """``org/repo`` (or ``org/repo/file`` for a file) from the URL of the Hub's 404 answer."""
+    response = getattr(e, "response", None)
+    url = str(getattr(response, "url", "") or "")
+    if "/resolve/" in url:
+        repo, _, rest = url.split("://", 1)[-1].split("/", 1)[-1].partition("/resolve/")
+        name = rest.split("/", 1)[1] if "/" in rest else ""
+        return f"{repo}/{name}" if what == "file" and name else repo
+    if "/api/models/" in url:
+        return url.split("/api/models/", 1)[1].split("/revision/", 1)[0].split("/tree/", 1)[0]
+    return ""

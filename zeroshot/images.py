@@ -7,6 +7,7 @@ orientation, then hands the image to the model's own open_clip preprocessing unc
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import stat
@@ -34,6 +35,17 @@ class Input:
 
     path: str
     error: str | None = None  # known before decoding: missing file, unreadable folder
+
+
+@dataclass(frozen=True)
+class Pause(Input):
+    """Not an input: a live stream (paths from stdin) has nothing more for now. The image core
+    finishes what it holds when it meets one, so the records of the paths already read come out
+    while the producer is still writing (``inotifywait -m ... | zeroshot classify -``). Only
+    :func:`iter_inputs` with ``live=True`` makes them; they never become records."""
+
+
+PAUSE = Pause("")
 
 
 def walk_images(root: str, seen: set[tuple[int, int]]) -> Iterator[Input]:
@@ -69,18 +81,20 @@ def walk_images(root: str, seen: set[tuple[int, int]]) -> Iterator[Input]:
             yield Input(entry.path, error=None if is_file else _special_file_problem(entry.path))
 
 
-def iter_inputs(inputs: Iterable[str], stdin: IO[Any] | None = None, *, null: bool = False) -> Iterator[Input]:
+def iter_inputs(
+    inputs: Iterable[str], stdin: IO[Any] | None = None, *, null: bool = False, live: bool = False
+) -> Iterator[Input]:
     """Expand the command line's inputs in order: files as given, folders recursively, ``-`` = stdin.
 
     From stdin, each line is one path (a trailing newline and carriage return are removed); with
     ``null``, paths are separated by NUL bytes instead (``find -print0``), so any name can pass.
-    URLs (``http://``, ``https://``) are inputs as they are, fetched when decoded.
+    URLs (``http://``, ``https://``) are inputs as they are, fetched when decoded. Without
+    ``stdin``, ``-`` is a file name like any other. With ``live``,
+    a :data:`PAUSE` comes whenever stdin has nothing more to read for now (see :class:`Pause`).
     """
     for item in inputs:
-        if item == "-":
-            if stdin is None:
-                continue
-            for path in stdin_paths(stdin, null=null):
+        if item == "-" and stdin is not None:
+            for path in stdin_paths(stdin, null=null, live=live):
                 if isinstance(path, Input):
                     yield path
                 elif path:
@@ -108,8 +122,10 @@ def count_inputs(inputs: Iterable[str], found: Callable[[int], None] | None = No
 MAX_PATH_BYTES = 65_536
 
 
-def stdin_paths(stdin: IO[Any], *, null: bool = False) -> Iterator[str | Input]:
-    """Paths from stdin as the OS names them (bytes decoded like ``os.fsdecode``), streamed.
+def stdin_paths(stdin: IO[Any], *, null: bool = False, live: bool = False) -> Iterator[str | Input]:
+    """Paths from stdin as the OS names them (bytes decoded like ``os.fsdecode``), streamed: each
+    path as soon as its separator arrives. With ``live``, :data:`PAUSE` whenever nothing more can
+    be read at once (the producer is slow, or waits for something).
 
     A run of more than :data:`MAX_PATH_BYTES` without a separator becomes one error input.
     """
@@ -120,11 +136,14 @@ def stdin_paths(stdin: IO[Any], *, null: bool = False) -> Iterator[str | Input]:
         yield from (p if null else p.rstrip("\r") for p in parts)
         return
     sep = b"\0" if null else b"\n"
-    read = getattr(raw, "read1", raw.read)
+    read = _live_reader(raw) if live else getattr(raw, "read1", raw.read)
     buf = b""
     skipping = False
     while True:
         block = read(1 << 16)
+        if block is None:  # nothing to read yet
+            yield PAUSE
+            continue
         if not block:
             break
         buf += block
@@ -141,6 +160,32 @@ def stdin_paths(stdin: IO[Any], *, null: bool = False) -> Iterator[str | Input]:
             skipping, buf = True, b""
     if buf and not skipping:
         yield os.fsdecode(buf if null else buf.rstrip(b"\r"))
+
+
+def _live_reader(raw: Any) -> Callable[[int], bytes | None]:
+    """``read(n)`` on stdin's descriptor that returns None, once, instead of blocking when nothing
+    has arrived within a moment (then it blocks until something does). Where the descriptor cannot
+    be polled (no descriptor, no ``select`` for it), the plain blocking read."""
+    import select
+
+    try:
+        fd = raw.fileno()
+        select.select([fd], [], [], 0)
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return getattr(raw, "read1", raw.read)
+    # Nothing else reads stdin in a run, so its buffer is empty: the descriptor is read directly.
+    paused = False
+
+    def read(n: int) -> bytes | None:
+        nonlocal paused
+        # A short grace period keeps a producer that writes in bursts from splitting every batch.
+        if not paused and not select.select([fd], [], [], 0.05)[0]:
+            paused = True
+            return None
+        paused = False
+        return os.read(fd, n)
+
+    return read
 
 
 def _special_file_problem(path: str) -> str:
@@ -245,12 +290,12 @@ def open_image(
     :mod:`zeroshot.reading`, which reads it (never a blocking open, never past the cap).
     """
     if isinstance(source, (str, os.PathLike)):
-        import io
-
         from .reading import DEFAULT_MAX_BYTES, read_input
 
         data = read_input(os.fspath(source), DEFAULT_MAX_BYTES if max_bytes is None else max_bytes)
         source = io.BytesIO(data)
+    if isinstance(source, io.BytesIO) and not source.getbuffer().nbytes:
+        raise ImageError("empty file (0 bytes)")
     register_plugins()
     from PIL import Image, ImageOps, UnidentifiedImageError
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .files import Destination
     from .models import ModelSpec
     from .prompts import PromptSet
 
@@ -91,7 +92,7 @@ def _now() -> str:
 class RunManifest:
     """Collects a run's manifest as it goes; :meth:`write` puts it on disk when the run ends."""
 
-    path: Path
+    path: Path | Destination
     output: str | None
     fmt: str
     command: list[str] = field(default_factory=lambda: list(sys.argv))
@@ -105,7 +106,7 @@ class RunManifest:
         self.timings.setdefault(name, round(time.perf_counter() - self.clock, 4))
 
     def write(self, records: int, errors: int) -> None:
-        from .files import atomic_write_bytes
+        from .files import write_named
 
         self.mark("total")
         data = {
@@ -121,7 +122,7 @@ class RunManifest:
             "seconds": self.timings,
         }
         text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
-        atomic_write_bytes(self.path, text.encode("utf-8"), shared=True)
+        write_named(self.path, text.encode("utf-8"), "--manifest")
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:

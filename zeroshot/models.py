@@ -16,16 +16,27 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from .errors import ModelLoadError, UsageError
+from .errors import ModelLoadError, UnknownModelError, UsageError
 from .fastload import attach_optional, quiet_third_party, skip_random_init
-from .hub import DownloadReport, Tracker, cache_only, go_offline_if_unreachable, hub_offline, reporting_downloads
+from .hub import (
+    DownloadReport,
+    Tracker,
+    cache_only,
+    go_offline_if_unreachable,
+    hub_offline,
+    in_hub_cache,
+    reporting_downloads,
+)
+from .loadfailure import load_failure, unknown_model
 from .preprocessing import file_preprocess, is_default_preprocess
-from .weightfiles import CHECKPOINT_SUFFIXES, check_checkpoint_safe, first_line, weights_identity
+from .weightfiles import CHECKPOINT_SUFFIXES, check_checkpoint_safe, weights_identity
 
 DEFAULT_MODEL = "ViT-B-32"
 DEFAULT_PRETRAINED = "openai"
 HF_PREFIX = "hf-hub:"
 LOCAL_DIR_PREFIX = "local-dir:"
+# The weights files open_clip looks for in a Hub repository whose tag names no file, in its order.
+HUB_WEIGHT_NAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 
 log = logging.getLogger("zeroshot")
 
@@ -87,7 +98,7 @@ def spec_built_for(model: str, pretrained: str | None, preprocess: str | None = 
     machine: the bundled model's weights wherever this install keeps them, not the path recorded
     where the classifier was built."""
     if model == BUNDLED_NAME:
-        return resolve_spec(BUNDLED_NAME)
+        return resolve_spec(BUNDLED_NAME, None, preprocess)
     return resolve_spec(model, pretrained, preprocess)
 
 
@@ -98,6 +109,8 @@ def resolve_spec(model: str | None = None, pretrained: str | None = None, prepro
     """
     spec = _resolve_spec(model, pretrained)
     if preprocess:
+        if spec.model == BUNDLED_NAME:
+            raise UsageError(f"--preprocess does not apply to {BUNDLED_NAME}: zeroshot's bundled model has its own")
         if spec.kind != "file":
             raise UsageError(
                 f"--preprocess {preprocess} applies to a checkpoint file (--pretrained FILE); {spec.label} brings "
@@ -121,16 +134,22 @@ def _resolve_spec(model: str | None, pretrained: str | None) -> ModelSpec:
         if not ident:
             raise UsageError(f"'{name}' names no repository or folder")
         if kind == "local-dir" and not Path(ident).is_dir():
-            raise ModelLoadError(f"model folder not found: {ident}")
+            raise UnknownModelError(f"model folder not found: {ident}")
         return ModelSpec(name, None, kind)
     weights = pretrained or (env_pretrained if model is None or env_model == model else None)
-    if weights is None and name == BUNDLED_NAME:
-        return ModelSpec(name, str(BUNDLED_WEIGHTS), "file")
+    if name == BUNDLED_NAME:
+        if weights is None:
+            return ModelSpec(name, str(BUNDLED_WEIGHTS), "file")
+        if not looks_like_path(weights):
+            raise UsageError(
+                f"{BUNDLED_NAME} is zeroshot's bundled model: it brings its own weights and takes no --pretrained "
+                f"tag ('{weights}'); drop --pretrained, or pass a checkpoint file of its architecture"
+            )
     if weights is None:
         weights = _default_tag(name)
     if looks_like_path(weights):
         if not Path(weights).is_file():
-            raise ModelLoadError(
+            raise UnknownModelError(
                 f"checkpoint file not found: {weights} (pass an existing file, or an open_clip tag such as "
                 f"'{DEFAULT_PRETRAINED}')"
             )
@@ -294,18 +313,24 @@ def load_model(
     register_bundled()
     kwargs: dict[str, Any] = {}
     notes: list[str] = []
-    offline = from_hub = False
+    unreachable = from_hub = False
+    hub_files: tuple[str, tuple[str, ...]] = ("", ())  # a Hub model's repository and its weights' names
+    user_offline = hub_offline()  # HF_HUB_OFFLINE set before we could set it ourselves
     if spec.kind == "tag":
         assert spec.pretrained is not None
         name = spec.model.replace("/", "-")
         if open_clip.get_model_config(name) is None:
-            raise _unknown_model(spec.model)
+            raise unknown_model(spec.model)
         cfg = open_clip.get_pretrained_cfg(name, spec.pretrained)
         if not cfg:
             tags = open_clip.list_pretrained_tags_by_model(name)
-            known = ", ".join(tags) if tags else "none"
-            raise ModelLoadError(
-                f"unknown pretrained tag '{spec.pretrained}' for {spec.model}; known tags: {known} "
+            if not tags:
+                raise UnknownModelError(
+                    f"{spec.model} has no pretrained tags in open_clip ('{spec.pretrained}' asked for): pass a "
+                    "checkpoint file with --pretrained FILE"
+                )
+            raise UnknownModelError(
+                f"unknown pretrained tag '{spec.pretrained}' for {spec.model}; known tags: {', '.join(tags)} "
                 "(or pass a checkpoint file with --pretrained FILE)"
             )
         # Weights trained with QuickGELU (OpenAI's) must run with it; open_clip only warns when the
@@ -314,10 +339,12 @@ def load_model(
             kwargs["force_quick_gelu"] = True
             notes.append("QuickGELU enabled to match the pretrained weights")
         from_hub = bool(cfg.get("hf_hub"))
+        repo, filename = os.path.split(str(cfg.get("hf_hub") or ""))  # as open_clip splits it
+        hub_files = (repo, (filename,) if filename else HUB_WEIGHT_NAMES)
     elif spec.kind == "file":
         assert spec.pretrained is not None
         if open_clip.get_model_config(spec.model.replace("/", "-")) is None:
-            raise _unknown_model(spec.model)
+            raise unknown_model(spec.model)
         check_checkpoint_safe(spec.pretrained)
         if spec.model != BUNDLED_NAME:
             cfg, why = file_preprocess(spec.model.replace("/", "-"), spec.preprocess)
@@ -333,6 +360,7 @@ def load_model(
                 check_checkpoint_safe(p)
     elif spec.kind == "hf-hub":
         from_hub = True
+        hub_files = (spec.model[len(HF_PREFIX) :], ("open_clip_config.json",))
 
     tracker = Tracker(downloads)
 
@@ -351,90 +379,29 @@ def load_model(
         built = None
         if from_hub and not hub_offline():
             # From the local Hugging Face cache first, asking the Hub nothing; only when something
-            # is missing there, check that the Hub can be reached and fetch it.
-            try:
-                with cache_only():
-                    built = build()
-            except (ModelLoadError, UsageError):
-                raise
-            except Exception:
-                offline = go_offline_if_unreachable()
+            # is missing there, check that the Hub can be reached (no minute of retries when it
+            # cannot) and fetch it. When the weights are plainly not in the cache, the cache-only try
+            # is skipped: a first download would build the model twice.
+            if in_hub_cache(*hub_files):
+                try:
+                    with cache_only():
+                        built = build()
+                except (ModelLoadError, UsageError):
+                    raise
+                except Exception:
+                    pass
+            if built is None:
+                unreachable = go_offline_if_unreachable()
         if built is None:
             built = build()
         model, preprocess, tokenizer = built
     except (ModelLoadError, UsageError):
         raise
     except Exception as e:
-        raise _load_failure(spec, e, offline or (from_hub and hub_offline()), tracker.broken) from None
+        raise load_failure(spec, e, user_offline=user_offline, unreachable=unreachable, broken=tracker.broken) from None
     model.eval()
     timings = {"import": round(imported - began, 4), "load": round(time.perf_counter() - imported, 4)}
     return LoadedModel(
         spec=spec, model=model, preprocess=preprocess, tokenizer=tokenizer, device=device, notes=notes,
         precision=precision, timings=timings,
     )  # fmt: skip
-
-
-def _unknown_model(name: str) -> ModelLoadError:
-    import difflib
-
-    import open_clip
-
-    close = difflib.get_close_matches(name, open_clip.list_models(), n=3, cutoff=0.6)
-    hint = f" (did you mean {', '.join(close)}?)" if close else ""
-    return ModelLoadError(
-        f"unknown model '{name}'{hint}; `zeroshot models` lists the architectures, or use hf-hub:ORG/REPO"
-    )
-
-
-# Packages some model families need beyond the default install, and why (the [hf] extra).
-HF_PACKAGES = {"transformers": "Hugging Face tokenizer or text tower", "sentencepiece": "SentencePiece vocabulary"}
-HF_INSTALL = "pip install 'transformers>=4.40' 'sentencepiece>=0.2'"
-
-
-def _load_failure(spec: ModelSpec, e: BaseException, offline: bool, broken: str | None = None) -> ModelLoadError:
-    what = spec.label
-    if broken is not None:
-        return ModelLoadError(
-            f"the download of {broken} for {what} broke off ({first_line(e, 160)}); run again to resume it"
-        )
-    missing = _missing_package(e)
-    if missing is not None:
-        need = HF_PACKAGES.get(missing, "a package it imports")
-        return ModelLoadError(
-            f"{what} needs the '{missing}' package ({need}), which is not installed: {HF_INSTALL} "
-            "(zeroshot-clip's [hf] extra)"
-        )
-    if spec.kind in ("tag", "hf-hub"):
-        text = str(e).lower()
-        network = offline or any(
-            s in text for s in ("offline", "connection", "name or service", "resolve", "urlopen", "network")
-        )
-        if network:
-            return ModelLoadError(
-                f"cannot download the weights for {what}: no network connection and they are not in the "
-                "local Hugging Face cache; run once with a network, or pass a local checkpoint with "
-                "--pretrained FILE"
-            )
-        return ModelLoadError(
-            f"cannot load the weights for {what}: {first_line(e)} (a local checkpoint can be passed with "
-            "--pretrained FILE)"
-        )
-    return ModelLoadError(f"cannot load {what}: {first_line(e)}")
-
-
-def _missing_package(e: BaseException) -> str | None:
-    """The top-level package whose absence caused ``e`` (an ImportError, or transformers' own
-    "requires the ... library" errors), if any."""
-    seen: set[int] = set()
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if isinstance(e, ImportError) and getattr(e, "name", None):
-            return str(e.name).split(".")[0]
-        text = str(e)
-        for name in HF_PACKAGES:
-            if f"requires the {name.capitalize()} library" in text or f"requires the {name} library" in text:
-                return name
-            if f"No module named '{name}'" in text:
-                return name
-        e = e.__cause__ or e.__context__  # type: ignore[assignment]
-    return None

@@ -1,9 +1,11 @@
 """Writing classify records: JSON Lines (default), a JSON array, CSV or a table, to stdout or a file.
 
 JSON Lines and CSV stream, one line per record as it is produced; a JSON array streams too and is
-valid once the run ends; the table is drawn at the end. ``--output FILE`` writes to a temporary
-file beside FILE and renames it into place when the run ends, so FILE is never half-written (an
-interrupted run leaves the old FILE, or none, and no temporary file).
+valid once the run ends; the table is drawn at the end. ``--output FILE`` (a
+:class:`~zeroshot.files.Destination`) writes a regular file through a temporary file beside it,
+renamed into place when the run ends, so FILE is never half-written (an interrupted run leaves the
+old FILE, or none, and no temporary file); a FIFO, a device or ``/dev/fd/N`` gets each record as
+it is made, like stdout.
 """
 
 from __future__ import annotations
@@ -11,15 +13,14 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import sys
-import tempfile
 from enum import Enum
-from pathlib import Path
-from typing import IO, Any
+from typing import TYPE_CHECKING, Any
 
-from .files import umask_mode
 from .ranking import Record
+
+if TYPE_CHECKING:
+    from .files import Destination
 
 
 class Format(str, Enum):
@@ -50,26 +51,28 @@ def _json_line(record: Record | dict[str, Any]) -> bytes:
 
 
 class RecordWriter:
-    """Writes records in one format to ``path`` (atomically) or to stdout."""
+    """Writes records in one format to a :class:`~zeroshot.files.Destination` or to stdout."""
 
-    def __init__(self, fmt: str, path: str | None = None, *, multi_label: bool = False) -> None:
+    def __init__(
+        self, fmt: str, dest: Destination | None = None, *, multi_label: bool = False, width: int | None = None
+    ) -> None:
         if fmt not in FORMATS:
             from .errors import UsageError
 
             raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
         self.fmt = fmt
         self.multi_label = multi_label
-        self.path = Path(path) if path else None
-        self.tmp: Path | None = None
+        self.width = width  # the table's width (None: as wide as its rows need)
         self.count = 0
         self.rows: list[Record] = []
-        if self.path is not None:
-            fd, name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent or ".")
-            os.fchmod(fd, umask_mode())  # the records file is the user's output: usual permissions
-            self.tmp = Path(name)
-            self.out: IO[bytes] = os.fdopen(fd, "wb")
+        self.file = None
+        if dest is not None and not dest.stdout:
+            self.file = dest.open()
+            self.out = self.file.stream
+            self.flush_each = self.file.flush_each
         else:
             self.out = sys.stdout.buffer
+            self.flush_each = True
         if fmt == "csv":
             self._csv_row(CSV_COLUMNS + (["labels"] if multi_label else []))
 
@@ -80,7 +83,7 @@ class RecordWriter:
 
     def _emit(self, data: bytes) -> None:
         self.out.write(data)
-        if self.path is None:
+        if self.flush_each:
             self.out.flush()
 
     def write(self, record: Record) -> None:
@@ -111,34 +114,39 @@ class RecordWriter:
             self._emit(b"[]\n" if self.count == 0 else b"\n]\n")
         elif self.fmt == "table":
             self._table()
-        if self.path is not None and self.tmp is not None:
+        if self.file is not None:
+            self.file.commit()
+        else:
             self.out.flush()
-            os.fsync(self.out.fileno())
-            self.out.close()
-            os.replace(self.tmp, self.path)
-            self.tmp = None
 
     def abort(self) -> None:
-        """Drop a half-written output file (an interrupted or failed run)."""
-        if self.tmp is not None:
-            self.out.close()
-            self.tmp.unlink(missing_ok=True)
-            self.tmp = None
+        """Drop a half-written output file (an interrupted or failed run); a no-op after :meth:`close`."""
+        if self.file is not None:
+            self.file.discard()
 
     def _table(self) -> None:
         from rich.console import Console
         from rich.markup import escape
-        from rich.table import Table
+        from rich.table import Column, Table
 
         # Paths, labels and messages are data: escaped, so "[red]" in a file name is printed as is.
-        table = Table("path", "labels" if self.multi_label else "label", "score", "next best")
+        # A path is never cut short (two files must never look alike): too long, it folds onto more lines.
+        path_column = Column("path", overflow="fold")
+        table = Table(path_column, "labels" if self.multi_label else "label", "score", "next best")
         for r in self.rows:
             if "error" in r:
                 table.add_row(escape(r["path"]), "[red]error[/red]", "", escape(r["error"]))
                 continue
-            rest = ", ".join(f"{t['label']} {t['score']:.3f}" for t in r["top_k"][1:3])
-            shown = ", ".join(r.get("labels", [])) if self.multi_label else r["label"]
-            table.add_row(escape(r["path"]), escape(shown or "—"), f"{r['score']:.4f}", escape(rest))
+            shown = list(r.get("labels", [])) if self.multi_label else [r["label"]] if r["label"] is not None else []
+            # "next best": the best labels not shown in the label column, so the best guess is always
+            # somewhere (under --min-score, a record with no label shows its top entries here).
+            others = [t for t in r["top_k"] if t["label"] not in shown][:2]
+            rest = ", ".join(f"{t['label']} {t['score']:.3f}" for t in others)
+            none = "none over the threshold" if self.multi_label else "none of these"
+            table.add_row(escape(r["path"]), escape(", ".join(shown)) or f"[dim]{none}[/dim]", f"{r['score']:.4f}",
+                          escape(rest))  # fmt: skip
         buf = io.StringIO()
-        Console(file=buf, width=120, force_terminal=False, color_system=None).print(table)
-        self._emit(buf.getvalue().encode("utf-8"))
+        # At a terminal, its width (long paths fold); elsewhere, as wide as the rows need.
+        Console(file=buf, width=self.width or 100_000, force_terminal=False, color_system=None).print(table)
+        text = "\n".join(line.rstrip() for line in buf.getvalue().splitlines()) + "\n"
+        self._emit(text.encode("utf-8"))

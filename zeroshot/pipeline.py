@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 
 from .classifier import TextClassifier
 from .decoding import Cached, FileDecoder, Fresh, Jpeg, cpu_count, processes_usable, split_preprocess
-from .images import DEFAULT_MAX_PIXELS, ImageError, Input
+from .images import DEFAULT_MAX_PIXELS, ImageError, Input, Pause
 from .models import LoadedModel
 from .ranking import Record, error_record, feature_records
 from .reading import DEFAULT_MAX_BYTES, DEFAULT_TIMEOUT, is_url
@@ -170,7 +170,8 @@ class ImageEncoder:
 
     def _decoded(self, inputs: Iterable[Input]) -> Iterator[list[tuple[Input, Any, str | None]]]:
         """Decoded items in batches of ``batch_size`` good ones (or 4x that with errors: a run of bad
-        inputs neither piles up nor delays its records)."""
+        inputs neither piles up nor delays its records); a :class:`~zeroshot.images.Pause` in the
+        inputs ends the batch early, so a live stream's records are not held back."""
         pending: list[tuple[Input, Any, str | None]] = []
         good = 0
         pool_factory = remote = None
@@ -181,8 +182,14 @@ class ImageEncoder:
             remote = decode_in_worker
         look = lookahead_for(self.batch_size, max(1, self.workers))
         stream = decode_stream(inputs, self.decoder, self.workers, look, pool_factory, remote, PROCESS_CHUNK,
-                               self._cached, side=lambda inp: inp.error is None and is_url(inp.path))  # fmt: skip
+                               self._cached, side=lambda inp: inp.error is None and is_url(inp.path),
+                               pause=lambda inp: isinstance(inp, Pause))  # fmt: skip
         for item in stream:
+            if isinstance(item[0], Pause):
+                if pending:
+                    yield pending
+                    pending, good = [], 0
+                continue
             pending.append(item)
             if item[1] is not None:
                 good += 1
@@ -309,6 +316,11 @@ def cache_first(
     it = iter(inputs)
     batch: list[Encoded] = []
     for inp in it:
+        if isinstance(inp, Pause):  # a live stream has nothing more for now: hand on what is done
+            if batch:
+                yield batch
+                batch = []
+            continue
         if inp.error is not None:
             batch.append(Encoded(inp, None, inp.error))
         else:

@@ -130,13 +130,8 @@ def _page(title: str, subtitle: str, body: str) -> str:
     )
 
 
-def _write(path: str | Path, text: str) -> None:
-    from .errors import UsageError
-
-    try:
-        files.atomic_write_bytes(Path(path), text.encode("utf-8"), shared=True)
-    except OSError as e:
-        raise UsageError(f"cannot write report {path}: {e.strerror or e}") from None
+def _write(path: str | Path | files.Destination, text: str) -> None:
+    files.write_named(path, text.encode("utf-8"), "--report")
 
 
 def _stat(value: str, what: str) -> str:
@@ -193,7 +188,9 @@ def _eval_image(run: Any, row: int) -> Any:
         return None
 
 
-def eval_report(path: str | Path, run: Any, text: Any, logit_scale: float, *, worst: int = WORST) -> None:
+def eval_report(
+    path: str | Path | files.Destination, run: Any, text: Any, logit_scale: float, *, worst: int = WORST
+) -> None:
     """Write the eval report for an :class:`~zeroshot.evaluate.EvalRun`."""
     rec = run.record
     classes = list(text.classes)
@@ -257,8 +254,10 @@ def eval_report(path: str | Path, run: Any, text: Any, logit_scale: float, *, wo
 class ContactSheet:
     """Collects classify records (with thumbnails) and writes the contact sheet at the end."""
 
-    def __init__(self, path: str | Path, *, title: str, subtitle: str, max_pixels: int | None = None) -> None:
-        self.path = Path(path)
+    def __init__(
+        self, path: str | Path | files.Destination, *, title: str, subtitle: str, max_pixels: int | None = None
+    ) -> None:
+        self.path = path if isinstance(path, files.Destination) else files.destination("--report", path)
         self.title = title
         self.subtitle = subtitle
         self.max_pixels = max_pixels

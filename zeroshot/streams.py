@@ -33,6 +33,7 @@ def decode_stream(
     chunk: int = 1,
     ready: Callable[[T], tuple[Any, str | None] | None] | None = None,
     side: Callable[[T], bool] | None = None,
+    pause: Callable[[T], bool] | None = None,
 ) -> Iterator[tuple[T, Any, str | None]]:
     """Run ``decode`` over items concurrently, yielding (item, payload, error) in input order.
 
@@ -45,12 +46,17 @@ def decode_stream(
     without a worker, e.g. from a cache; it returns None for the items to decode. Items for which
     ``side`` is true (URLs: waiting on a network, not a core) are decoded by a separate pool of up
     to :data:`FETCH_THREADS` threads here, so a slow server holds up neither the files nor the
-    other URLs; their records still come out in input order.
+    other URLs; their records still come out in input order. An item for which ``pause`` is true
+    is not decoded: everything before it is finished and yielded, then it is passed on as
+    ``(item, None, None)`` (a live input stream that has nothing more for now).
     """
     # One generator on purpose: the pools live exactly as long as the iteration, so a consumer that
     # stops early (a closed pipe, an interrupt) shuts them down by closing it.
     if workers <= 0 and pool_factory is None:
         for item in items:
+            if pause is not None and pause(item):
+                yield (item, None, None)
+                continue
             answer = ready(item) if ready is not None else None
             yield (item, *(answer if answer is not None else decode(item)))
         return
@@ -108,6 +114,14 @@ def decode_stream(
     try:
         pending: list[T] = []
         for item in items:
+            if pause is not None and pause(item):  # finish what is under way, then pass it on
+                if pending:
+                    queue.append((pending, submit(pending)))
+                    pending = []
+                while queue:
+                    yield from take()
+                yield (item, None, None)
+                continue
             answer = ready(item) if ready is not None else None
             aside = answer is None and side is not None and side(item)
             if answer is not None or aside:

@@ -27,8 +27,8 @@ from .common import (
     QuietOpt,
     TemplatesOpt,
     WorkersOpt,
-    check_folder,
     folder_prompt_set,
+    output_destination,
     prepare_run,
     spinner,
     write_record,
@@ -74,7 +74,8 @@ def adapt_cmd(
     from ..export import save_classifier
 
     start = time.perf_counter()
-    check_folder("--output", output)
+    dest = output_destination("--output", output)
+    assert dest is not None
     prompt_set = folder_prompt_set(examples, dataset, labels, label, templates)
     prepared = prepare_run(
         ModelChoice(model, pretrained, preprocess, device, precision.value), prompt_set, use_cache=not no_cache,
@@ -95,7 +96,7 @@ def adapt_cmd(
             image_cache.close()
     adapted = run.adapted
     save_classifier(
-        output, prepared.spec, text.prompt_set, run.text.weights, precision=prepared.precision, method=METHOD,
+        dest, prepared.spec, text.prompt_set, run.text.weights, precision=prepared.precision, method=METHOD,
         pull=adapted.lam, seed=seed, shots=json.dumps(adapted.shots, ensure_ascii=False),
         cross_validation=json.dumps({str(k): v for k, v in adapted.cv_accuracy.items()}),
         examples=json.dumps(run.examples, ensure_ascii=False),

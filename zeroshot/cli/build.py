@@ -21,7 +21,7 @@ from .common import (
     PretrainedOpt,
     QuietOpt,
     TemplatesOpt,
-    check_folder,
+    output_destination,
     prepare_run,
     prompt_set_from,
     write_record,
@@ -62,16 +62,16 @@ def build_prompts(
 
     start = time.perf_counter()
     prompt_set = prompt_set_from(dataset, labels, label, templates)
-    check_folder("--output", output)
+    dest = output_destination("--output", output)
     prepared = prepare_run(
         ModelChoice(model, pretrained, preprocess, device, precision.value), prompt_set, eager=False, refresh=force,
         batch_size=batch_size, quiet=quiet,
     )  # fmt: skip
     spec, prec, text = prepared.spec, prepared.precision, prepared.text
-    if output is not None:
+    if dest is not None:
         from ..export import save_classifier
 
-        save_classifier(output, spec, prompt_set, text.weights, precision=prec)
+        save_classifier(dest, spec, prompt_set, text.weights, precision=prec)
     write_record(
         {
             "name": prompt_set.name,

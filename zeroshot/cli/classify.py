@@ -1,27 +1,20 @@
-"""``zeroshot classify``: local and Ray engines."""
+"""``zeroshot classify``: its options, checked into one :class:`~.engine_local.ClassifyRun` for an engine."""
 
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, TextIO
+from typing import Annotated
 
 import typer
 
-from ..assembly import ModelChoice, MultiLabel
+from ..assembly import ModelChoice, multi_label_from
 from ..errors import UsageError
 from ..models import Precision
 from ..pipeline import DecodeOptions, Decoder
 from ..reading import DEFAULT_MAX_BYTES, DEFAULT_TIMEOUT
 from .app import app, handle_errors
-
-if TYPE_CHECKING:
-    from ..assembly import Prepared
-    from ..export import ClassifierFile
-    from ..manifest import RunManifest
-    from ..prompts import PromptSet
 from .common import (
     DatasetOpt,
     DeviceOpt,
@@ -35,16 +28,12 @@ from .common import (
     PreprocessOpt,
     PretrainedOpt,
     QuietOpt,
-    Steps,
     TemplatesOpt,
     WorkersOpt,
-    check_folder,
-    count_in_background,
     open_classifier_file,
-    prepare_run,
     prompt_set_from,
-    write_record,
 )
+from .engine_local import ClassifyRun, RayPlacement, classify_locally
 
 
 class RecordFormat(str, Enum):
@@ -145,11 +134,14 @@ def classify(
         ),
     ] = False,
     threshold: Annotated[
-        float,
+        float | None,
         typer.Option(
-            "--threshold", min=0.0, max=1.0, help="With --multi-label: the per-label score that counts as present."
+            "--threshold",
+            min=0.0,
+            max=1.0,
+            help="With --multi-label: the per-label score that counts as present (default 0.5).",
         ),
-    ] = 0.5,
+    ] = None,
     calibration: Annotated[
         Path | None,
         typer.Option(
@@ -159,19 +151,21 @@ def classify(
         ),
     ] = None,
     background: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--background",
-            help="With --multi-label on CLIP models: the neutral word each label is weighed against.",
+            help="With --multi-label on CLIP models: the neutral word each label is weighed against (default "
+            "'object').",
         ),
-    ] = "object",
+    ] = None,
     min_score: Annotated[
         float | None,
         typer.Option(
             "--min-score",
             min=0.0,
             max=1.0,
-            help='Below this top score the record says "label": null (none of these); its top_k stays.',
+            help='Below this top score the record says "label": null (none of these); its top_k stays. '
+            "Not with --multi-label (--threshold decides there).",
         ),
     ] = None,
     fmt: Annotated[
@@ -183,7 +177,13 @@ def classify(
         ),
     ] = RecordFormat.JSONL,
     output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="Write records to FILE (atomically) instead of stdout.")
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Write records to FILE instead of stdout: a regular file atomically (through a symlink, to its "
+            "target), a FIFO, device or /dev/fd/N as they are made; - is stdout.",
+        ),
     ] = None,
     report: Annotated[
         Path | None,
@@ -225,18 +225,16 @@ def classify(
     """
     if engine is Engine.LOCAL and (ray_address is not None or gpus_per_worker or cpus_per_worker is not None):
         raise UsageError("--ray-address, --gpus-per-worker and --cpus-per-worker need --engine ray")
-    if not background.strip():
-        raise UsageError("--background is empty")
     if not inputs:
         raise UsageError("no inputs: give image files, folders, or - to read paths from stdin")
+    rule_options = multi_label_from(multi_label, threshold, background, calibration, min_score)
     classifier_file = open_classifier_file(classifier, labels, label, dataset, templates)
-    wants_rule = multi_label or calibration is not None
     run = ClassifyRun(
         inputs=inputs,
         choice=ModelChoice(model, pretrained, preprocess, device, precision.value),
         prompt_set=None if classifier_file else prompt_set_from(dataset, labels, label, templates),
         classifier_file=classifier_file,
-        multi_label=MultiLabel(threshold, background.strip(), calibration) if wants_rule else None,
+        multi_label=rule_options,
         decode=DecodeOptions(workers=workers, decoder=decoder.value, jpeg_draft=jpeg_draft, max_pixels=max_pixels,
                              max_bytes=max_bytes, timeout=timeout),  # fmt: skip
         top_k=top_k, batch_size=batch_size, min_score=min_score, fmt=fmt.value, output=output, report=report,
@@ -244,209 +242,13 @@ def classify(
         cache_images=cache_images, use_cache=not no_cache, quiet=quiet, null=null,
         ray=RayPlacement(ray_address, gpus_per_worker, cpus_per_worker) if engine is Engine.RAY else None,
     )  # fmt: skip
-    failed, total = _classify_on_ray(run) if run.ray is not None else _classify_locally(run)
+    if run.ray is not None:
+        from .engine_ray import classify_on_ray
+
+        failed, total = classify_on_ray(run)
+    else:
+        failed, total = classify_locally(run)
     if failed:
         if not quiet:
             sys.stderr.write(f"zeroshot: {failed} of {total} inputs could not be classified\n")
         raise typer.Exit(1)
-
-
-@dataclass(frozen=True)
-class RayPlacement:
-    """``--engine ray``'s own options: the cluster to join and each actor's resources."""
-
-    address: str | None
-    gpus_per_worker: float
-    cpus_per_worker: float | None
-
-
-@dataclass(frozen=True)
-class ClassifyRun:
-    """Everything one ``classify`` run was asked for, checked and typed, built once from the options."""
-
-    inputs: list[str]
-    choice: ModelChoice
-    prompt_set: PromptSet | None  # None: the classifier file's
-    classifier_file: ClassifierFile | None
-    multi_label: MultiLabel | None
-    decode: DecodeOptions
-    top_k: int
-    batch_size: int | None  # None: the engine's default for the device
-    min_score: float | None
-    fmt: str
-    output: Path | None
-    report: Path | None
-    manifest: Path | None
-    cache_images: bool
-    use_cache: bool
-    quiet: bool
-    null: bool
-    ray: RayPlacement | None  # None: the local engine
-
-    @property
-    def stdin(self) -> TextIO | None:
-        return sys.stdin if "-" in self.inputs else None
-
-
-def _classify_locally(run: ClassifyRun) -> tuple[int, int]:
-    """The local engine: records in input order to stdout or ``--output``; (failed, total).
-
-    With ``--cache-images`` and a cached text classifier that holds the model's scoring facts, the
-    model loads only when an input needs the image tower: relabelling images whose embeddings are
-    all cached builds no model and imports no torch (:func:`zeroshot.pipeline.cache_first`).
-    """
-    from ..classifier import remember_scoring
-    from ..images import count_inputs, iter_inputs
-    from ..output import FORMATS, RecordWriter, apply_min_score
-    from ..pipeline import ImageEncoder, cache_first, default_batch_size, encoded_records
-
-    if run.fmt not in FORMATS:
-        raise UsageError(f"--format {run.fmt} needs --engine ray (the local engine writes {', '.join(FORMATS)})")
-    check_folder("--output", run.output)
-    check_folder("--report", run.report)
-    check_folder("--manifest", run.manifest)
-    manifest = _manifest_for(run)
-    show = not run.quiet and sys.stderr.isatty()
-    prepared = prepare_run(
-        run.choice, run.prompt_set, classifier_file=run.classifier_file, use_cache=run.use_cache, quiet=run.quiet,
-        multi_label=run.multi_label, eager=not run.cache_images or run.classifier_file is not None,
-    )  # fmt: skip
-    text, rule, facts = prepared.text, prepared.rule, prepared.text.scoring
-    needs_model = prepared.is_loaded or (rule is not None and rule.kind != "calibrated")
-    model_free = run.cache_images and facts is not None and not needs_model
-    if not model_free and run.classifier_file is None:
-        remember_scoring(prepared.spec, text, prepared.loaded)  # the next --cache-images run may need no model
-    if manifest is not None:
-        manifest.mark("ready")
-    sheet = None
-    if run.report is not None:
-        from ..report import ContactSheet
-
-        sheet = ContactSheet(
-            run.report, title=f"zeroshot classify: {text.prompt_set.name}",
-            subtitle=f"model {prepared.spec.label} · {len(text.classes)} classes", max_pixels=run.decode.max_pixels,
-        )  # fmt: skip
-    image_cache = None
-    if run.cache_images:
-        from ..imagecache import image_cache_key, open_image_cache
-
-        if model_free:
-            assert facts is not None
-            image_cache = open_image_cache(facts["image_key"], facts["embed_dim"])
-        else:
-            image_cache = open_image_cache(image_cache_key(prepared.loaded), prepared.loaded.embed_dim)
-    batch_size = run.batch_size or default_batch_size(prepared.device)
-
-    def encoder() -> ImageEncoder:
-        return ImageEncoder(prepared.loaded, batch_size=batch_size, image_cache=image_cache, options=run.decode)
-
-    stream = iter_inputs(run.inputs, stdin=run.stdin, null=run.null)
-    if model_free and image_cache is not None and facts is not None:
-        batches = cache_first(stream, image_cache, encoder, batch_size=batch_size, max_bytes=run.decode.max_bytes)
-        scale = facts["logit_scale"]
-    else:
-        batches, scale = encoder().batches(stream), prepared.loaded.logit_scale
-    failed = total = 0
-    steps = Steps(show, "classifying", "images")
-    if "-" not in run.inputs:  # paths from stdin cannot be counted ahead
-        count_in_background(steps, lambda found: count_inputs(run.inputs, found))
-    writer = RecordWriter(run.fmt, str(run.output) if run.output is not None else None, multi_label=rule is not None)
-    try:
-        for record in encoded_records(batches, text.weights, scale, text.classes, run.top_k, rule):
-            record = apply_min_score(record, run.min_score)
-            writer.write(record)
-            if sheet is not None:
-                sheet.add(record)
-            total += 1
-            failed += "error" in record
-            steps.advance()
-            if manifest is not None and total == 1:
-                manifest.mark("first_record")
-        writer.close()
-        if sheet is not None:
-            sheet.write()
-    finally:
-        writer.abort()  # only does something if the run did not finish: no half-written --output file
-        steps.stop()
-        if image_cache is not None:
-            image_cache.close()
-    if manifest is not None:
-        _finish_manifest(manifest, run, prepared, total, failed)
-    return failed, total
-
-
-def _manifest_for(run: ClassifyRun) -> RunManifest | None:
-    """The run's manifest: at --manifest PATH, else beside --output FILE; none for stdout."""
-    from ..manifest import RunManifest, manifest_path
-
-    path = run.manifest or (manifest_path(run.output) if run.output is not None else None)
-    if path is None:
-        return None
-    for option, other in (("--output", run.output), ("--report", run.report)):
-        if other is not None and path.resolve() == other.resolve():
-            raise UsageError(f"--manifest {path} is the {option} file too: give it a path of its own")
-    return RunManifest(path, output=str(run.output) if run.output is not None else None, fmt=run.fmt)
-
-
-def _finish_manifest(manifest: RunManifest, run: ClassifyRun, prepared: Prepared, total: int, failed: int) -> None:
-    import json
-
-    from ..manifest import identity
-
-    text, loaded = prepared.text, prepared.loaded_if_any
-    if loaded is not None:
-        preprocess = repr(loaded.preprocess)
-    elif text.scoring is not None:
-        preprocess = json.loads(text.scoring["image_key"]).get("preprocess")
-    else:
-        preprocess = None
-    manifest.fields.update(identity(prepared.spec, text.prompt_set, precision=prepared.precision,
-                                    device=prepared.device, preprocess=preprocess))  # fmt: skip
-    manifest.fields.update(
-        classifier_file=str(run.classifier_file.path) if run.classifier_file is not None else None,
-        text_classifier="cache" if text.cache_hit and run.classifier_file is None else (
-            "file" if run.classifier_file is not None else "built"),
-        image_tower="ran" if loaded is not None else "not needed: every image embedding was cached",
-        top_k=run.top_k, multi_label=prepared.rule is not None, min_score=run.min_score,
-    )  # fmt: skip
-    if loaded is not None:
-        manifest.timings.update({f"model_{k}": v for k, v in loaded.timings.items()})
-    manifest.write(records=total, errors=failed)
-
-
-def _classify_on_ray(run: ClassifyRun) -> tuple[int, int]:
-    """``classify --engine ray``: the text classifier is made here, once; Ray's actors classify.
-    Prints the run's summary record; returns (failed, total)."""
-    from dataclasses import replace
-
-    from ..distributed import OUTPUT_FORMATS, SharedClassifier, require_ray
-    from ..distributed import run as ray_run
-
-    assert run.ray is not None
-    require_ray()
-    if run.output is None:
-        raise UsageError("--engine ray writes to a folder: give --output DIR")
-    if run.fmt not in OUTPUT_FORMATS:
-        raise UsageError(f"--format with --engine ray must be one of {', '.join(OUTPUT_FORMATS)}, not {run.fmt!r}")
-    for opt, bad in (("--report", run.report is not None), ("--cache-images", run.cache_images),
-                     ("--manifest", run.manifest is not None),
-                     ("--decoder batched", run.decode.decoder == "batched")):  # fmt: skip
-        if bad:
-            raise UsageError(f"{opt} is not available with --engine ray")
-    # The driver builds the text side only (on the CPU, fp32), loading the model only when the cache
-    # misses or a background class is needed; Ray's actors load it where they run.
-    prepared = prepare_run(
-        replace(run.choice, device="cpu", precision="fp32"), run.prompt_set, classifier_file=run.classifier_file,
-        multi_label=run.multi_label, use_cache=run.use_cache, eager=False, quiet=run.quiet,
-    )  # fmt: skip
-    shared = SharedClassifier.build(prepared.spec, prepared.text, prepared.rule)
-    d = run.decode
-    summary = ray_run(
-        run.inputs, shared, str(run.output), fmt=run.fmt, address=run.ray.address, workers=d.workers or 1,
-        gpus_per_worker=run.ray.gpus_per_worker, cpus_per_worker=run.ray.cpus_per_worker,
-        batch_size=run.batch_size or 64, stdin=run.stdin, quiet=run.quiet, top_k=run.top_k,
-        precision=run.choice.precision, max_pixels=d.max_pixels, jpeg_draft=d.jpeg_draft, min_score=run.min_score,
-        null=run.null, max_bytes=d.max_bytes, timeout=d.timeout,
-    )  # fmt: skip
-    write_record(summary)
-    return int(summary.get("errors") or 0), int(summary.get("records") or 0)

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
     from ..assembly import ModelChoice, MultiLabel, Prepared
     from ..export import ClassifierFile
+    from ..files import Destination
     from ..models import ModelSpec
     from ..prompts import PromptSet
 
@@ -213,6 +214,14 @@ def human_size(n: int | None) -> str:
     return str(n)
 
 
+def shorten(text: str, width: int) -> str:
+    """``text`` in at most ``width`` characters: its start and its end, joined by an ellipsis."""
+    if len(text) <= width:
+        return text
+    tail = (width - 1) * 2 // 3  # the end (a file name) says more than the start
+    return text[: width - 1 - tail] + "…" + text[len(text) - tail :]
+
+
 class Downloads:
     """A :class:`~zeroshot.hub.DownloadReport` on stderr: at a terminal a bar per file (bytes,
     rate, time left), pausing the loading spinner meanwhile; otherwise one line per file (what, how
@@ -229,22 +238,25 @@ class Downloads:
             sys.stderr.write(f"zeroshot: downloading {what} ({human_size(size)}) into {dest}\n")
             sys.stderr.flush()
             return
-        from rich.markup import escape
-        from rich.progress import (
-            BarColumn,
-            DownloadColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-            TransferSpeedColumn,
-        )
+        from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+        from rich.text import Text
 
         if self.status is not None:
             self.status.stop()
         self.what, self.size, self.began = what, size, time.perf_counter()
-        self.bar = Progress(
-            TextColumn(f"downloading {escape(what)}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-            TimeRemainingColumn(), console=stderr_console(),
+        console = stderr_console()
+        # Two lines, each fitting the terminal: what is downloaded (shortened in the middle when it
+        # must be), then the bar with bytes done/total, rate and time left (under 80 columns).
+        title = Text(f"downloading {shorten(what, max(20, console.width - len('downloading ') - 1))}", no_wrap=True)
+
+        class TwoLines(Progress):
+            def get_renderables(self) -> Any:
+                yield title
+                yield self.make_tasks_table(self.tasks)
+
+        self.bar = TwoLines(
+            BarColumn(bar_width=min(30, max(10, console.width - 48))), DownloadColumn(), TransferSpeedColumn(),
+            TimeRemainingColumn(), console=console,
         )  # fmt: skip
         self.bar.start()
         self.task = self.bar.add_task("download", total=size)
@@ -314,6 +326,7 @@ def prepare_run(
     """:func:`zeroshot.assembly.prepare` with the CLI's display; says on stderr when --multi-label
     scores are not calibrated."""
     from ..assembly import prepare
+    from ..ranking import DEFAULT_BACKGROUND
 
     show = not quiet and sys.stderr.isatty()
     prepared = prepare(
@@ -321,11 +334,19 @@ def prepare_run(
         multi_label=multi_label, loading=CliLoading(show, quiet), use_cache=use_cache, refresh=refresh, eager=eager,
         batch_size=batch_size,
     )  # fmt: skip
-    if multi_label is not None and prepared.rule is not None and prepared.rule.kind == "background" and not quiet:
-        sys.stderr.write(
-            "zeroshot: note: --multi-label scores are not calibrated for this model (label vs. "
-            f"'{multi_label.background}'); eval --calibrate FILE fits a calibration to pass with --calibration\n"
-        )
+    rule = prepared.rule
+    if multi_label is not None and rule is not None and not quiet:
+        if rule.kind == "background":
+            sys.stderr.write(
+                "zeroshot: note: --multi-label scores are not calibrated for this model (label vs. "
+                f"'{multi_label.background or DEFAULT_BACKGROUND}'); eval --calibrate FILE fits a calibration "
+                "to pass with --calibration\n"
+            )
+        elif rule.kind == "model" and multi_label.background is not None:
+            sys.stderr.write(
+                f"zeroshot: note: --background {multi_label.background} is not used: {prepared.spec.label} scores "
+                "each label with its own learned logit bias\n"
+            )
     return prepared
 
 
@@ -350,10 +371,15 @@ def say_notes(notes: list[str], quiet: bool) -> None:
         sys.stderr.flush()
 
 
-def check_folder(option: str, path: Path | None) -> None:
-    """A file option's folder must exist before any work is done."""
-    if path is not None and not (path.parent if str(path.parent) else Path(".")).is_dir():
-        raise UsageError(f"{option} {path}: its folder does not exist")
+def output_destination(option: str, path: Path | str | None, *, allow_stdout: bool = False) -> Destination | None:
+    """A file option's destination, checked before any work is done (see
+    :func:`zeroshot.files.destination`): an existing folder, a missing or unwritable folder is a
+    usage error; ``-`` is stdout where ``allow_stdout``."""
+    if path is None:
+        return None
+    from ..files import destination
+
+    return destination(option, path, allow_stdout=allow_stdout)
 
 
 def write_record(record: dict[str, Any]) -> None:

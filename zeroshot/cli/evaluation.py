@@ -29,9 +29,9 @@ from .common import (
     Steps,
     TemplatesOpt,
     WorkersOpt,
-    check_folder,
     count_in_background,
     folder_prompt_set,
+    output_destination,
     prepare_run,
     spinner,
     write_record,
@@ -102,8 +102,8 @@ def eval_cmd(
     """
     from ..evaluate import evaluate_run
 
-    check_folder("--report", report)
-    check_folder("--calibrate", calibrate)
+    report_dest = output_destination("--report", report)
+    calibrate_dest = output_destination("--calibrate", calibrate)
     if train is not None and shots is None:
         raise UsageError("--train is for --shots")
 
@@ -147,15 +147,15 @@ def eval_cmd(
                 loaded, text, run, shots, seeds, train=train, idx_dir=data_dir, batch_size=batch_size,
                 workers=workers, max_bytes=max_bytes,
             )  # fmt: skip
-    if calibrate is not None:
+    if calibrate_dest is not None:
         from ..calibration import calibrate_on
 
-        record["calibration"] = calibrate_on(run, loaded, text, calibrate)
-    if report is not None:
+        record["calibration"] = calibrate_on(run, loaded, text, calibrate_dest)
+    if report_dest is not None:
         from ..report import eval_report
 
         with spinner(show, "writing the report"):
-            eval_report(report, run, text, loaded.logit_scale)
+            eval_report(report_dest, run, text, loaded.logit_scale)
         record["report"] = str(report)
     if failed:
         record["errors"] = failed

@@ -145,7 +145,7 @@ def cache_cmd(
                     {
                         "file": str(e.path),
                         "bytes": e.size,
-                        **{k: v for k, v in e.meta.items() if k not in ("key", "scoring")},
+                        **{k: _typed(k, v) for k, v in e.meta.items() if k not in ("key", "scoring")},
                         **({"problem": e.problem} if e.problem else {}),
                     }
                     for e in entries
@@ -178,3 +178,12 @@ def cache_cmd(
         for row in rows:
             table.add_row(*row)
         out.print(table)
+
+
+# Cache metadata is stored as strings (safetensors metadata is str -> str); counts are numbers in
+# JSON, so that `jq 'select(.classes > 5)'` compares numbers.
+_COUNTS = ("classes", "templates", "prompts")
+
+
+def _typed(key: str, value: str) -> str | int:
+    return int(value) if key in _COUNTS and isinstance(value, str) and value.isdigit() else value
