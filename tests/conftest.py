@@ -12,6 +12,11 @@ import pytest
 from PIL import Image
 
 ARCH = "ViT-S-32"  # a real open_clip config, small enough for CPU tests
+
+# The tests written against torch's numbers (and its exact stderr) run on torch, module- and
+# session-wide fixtures included; the CPU engine, the default on the CPU, has tests of its own
+# (test_runtimes.py, test_from_outside.py), which ask for it by name or clear this.
+os.environ["ZEROSHOT_RUNTIME"] = "torch"
 DATA = Path(__file__).parent / "data"
 
 
@@ -41,10 +46,12 @@ def fashion_mnist() -> Path:
 
 @pytest.fixture(autouse=True)
 def isolated_env(tmp_path, monkeypatch):
-    """Every test gets its own cache folder and no model defaults from the environment."""
+    """Every test gets its own cache folder, no model defaults from the environment, and the torch
+    runtime unless it asks for another."""
     monkeypatch.setenv("ZEROSHOT_CACHE_DIR", str(tmp_path / "cache"))
     for var in ("ZEROSHOT_MODEL", "ZEROSHOT_PRETRAINED"):
         monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("ZEROSHOT_RUNTIME", "torch")  # (see the top of this file)
     yield
 
 

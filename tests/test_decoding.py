@@ -24,7 +24,15 @@ from PIL import Image
 
 from zeroshot import resolve_prompt_set
 from zeroshot.classifier import get_text_classifier
-from zeroshot.decoding import FileDecoder, Jpeg, StandardPilStage, processes_usable, split_preprocess, to_model_input
+from zeroshot.decoding import (
+    FileDecoder,
+    Jpeg,
+    SquashPilStage,
+    StandardPilStage,
+    processes_usable,
+    split_preprocess,
+    to_model_input,
+)
 from zeroshot.images import Input, open_image
 from zeroshot.models import BUNDLED_NAME, load_model, resolve_spec
 from zeroshot.pipeline import DecodeOptions, classify_inputs
@@ -61,6 +69,7 @@ def test_uint8_split_equals_open_clip_transform(name, preprocess):
     split = split_preprocess(preprocess)
     assert split is not None
     assert isinstance(split.pil_stage, StandardPilStage) == (name not in ("squash", "longest"))
+    assert isinstance(split.pil_stage, SquashPilStage) == (name == "squash")  # Pillow alone, too
     decoder = FileDecoder(preprocess, split)
     for label, image in images():
         buf = io.BytesIO()
@@ -76,8 +85,11 @@ def test_uint8_split_equals_open_clip_transform(name, preprocess):
 
 def test_only_pillow_only_stages_go_to_processes():
     standard = FileDecoder(None, split_preprocess(open_clip.image_transform(224, is_train=False)))
-    other = FileDecoder(None, split_preprocess(open_clip.image_transform(224, is_train=False, resize_mode="squash")))
-    assert processes_usable(standard) == (os.name == "posix" and os.uname().sysname == "Linux")
+    squash = FileDecoder(None, split_preprocess(open_clip.image_transform(224, is_train=False, resize_mode="squash")))
+    other = FileDecoder(None, split_preprocess(open_clip.image_transform(224, is_train=False, resize_mode="longest")))
+    assert (
+        processes_usable(standard) == processes_usable(squash) == (os.name == "posix" and os.uname().sysname == "Linux")
+    )
     assert not processes_usable(other)  # torchvision objects would need torch in a forked child
 
 

@@ -30,6 +30,13 @@ ZEROSHOT = str(Path(sys.executable).with_name("zeroshot"))  # the installed cons
 MODEL = ["-m", BUNDLED_NAME, "--dataset", "fashion-mnist", "-k", "2", "-q"]
 
 
+@pytest.fixture(autouse=True)
+def default_runtime(isolated_env, monkeypatch):
+    """These runs are a new user's: the default runtime (ONNX Runtime on the CPU), not the torch
+    one the rest of the suite pins."""
+    monkeypatch.delenv("ZEROSHOT_RUNTIME", raising=False)
+
+
 def console(*args: str, **kwargs) -> subprocess.CompletedProcess:
     kwargs.setdefault("capture_output", True)
     kwargs.setdefault("timeout", 300)
@@ -46,9 +53,12 @@ def pictures() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def expected(pictures) -> list[dict]:
-    """The records on plain stdout: what every other destination must receive."""
-    done = console("classify", *pictures, *MODEL)
+def expected(pictures, tmp_path_factory) -> list[dict]:
+    """The records on plain stdout: what every other destination must receive (the default runtime,
+    a cache of its own)."""
+    env = {k: v for k, v in os.environ.items() if k != "ZEROSHOT_RUNTIME"}
+    env["ZEROSHOT_CACHE_DIR"] = str(tmp_path_factory.mktemp("expected-cache"))
+    done = console("classify", *pictures, *MODEL, env=env)
     assert done.returncode == 0, done.stderr
     return records_of(done.stdout)
 
@@ -219,7 +229,7 @@ def test_the_library_takes_one_path_as_one_input(fake_model, tmp_path):
     from .conftest import make_image
 
     image = make_image(tmp_path / "red.png", 1, (16, 16))
-    zs = zeroshot.Zeroshot(model="ViT-B-32", pretrained="openai", device="cpu")
+    zs = zeroshot.Zeroshot(model="ViT-B-32", pretrained="openai", device="cpu", runtime="torch")
     text = zs.text_classifier(zeroshot.resolve_prompt_set(labels=["red", "green", "blue"]), use_cache=False)
     for one in (str(image), image, str(tmp_path / "missing.png")):
         records = list(zs.classify(one, text, workers=0))

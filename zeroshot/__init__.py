@@ -50,12 +50,32 @@ class Zeroshot:
         device: str = "auto",
         precision: str = "auto",
         preprocess: str | None = None,
+        runtime: str | None = None,
     ) -> None:
+        """``runtime``: where the image tower runs, as ``--runtime`` (auto: ONNX Runtime on the CPU,
+        exported on first use and cached; torch on CUDA; None: ``ZEROSHOT_RUNTIME``, else auto)."""
         from .assembly import ModelChoice, prepare_model
+        from .models import resolve_precision
+        from .runtimes import resolve_runtime
 
-        self.choice = ModelChoice(model, pretrained, preprocess, device, precision)
+        self.choice = ModelChoice(model, pretrained, preprocess, device, precision, runtime)
         self.loaded = prepare_model(self.choice)
-        self.spec, self.device, self.precision = self.loaded.spec, self.loaded.device, self.loaded.precision
+        self.spec, self.device = self.loaded.spec, self.loaded.device
+        self.precision = resolve_precision(precision, self.device)  # int8: the image tower's, in ONNX Runtime
+        self.runtime = resolve_runtime(runtime, self.device, self.precision)
+        self._towers: list[Any] = []
+        if self.runtime == "onnx":  # text classifiers are then built by the text tower in ONNX Runtime
+            from .assembly import Loading, text_engine_for
+
+            self.loaded.text_engine = text_engine_for(self.loaded, Loading())
+
+    def image_tower(self) -> Any:
+        """The image tower images go through (:mod:`zeroshot.runtimes`), made on first use."""
+        if not self._towers:
+            from .assembly import Loading, make_tower
+
+            self._towers.append(make_tower(self.runtime, self.precision, lambda: self.loaded, Loading()))
+        return self._towers[0]
 
     def text_classifier(
         self, prompt_set: PromptSet | None = None, *, classifier_file: Any = None, use_cache: bool = True
@@ -96,7 +116,8 @@ class Zeroshot:
 
             prompt_set = resolve_prompt_set(labels=folder_classes(Path(examples)))
         text = self.text_classifier(prompt_set)
-        return adapt_folder(self.loaded, text, Path(examples), seed=seed, workers=workers, image_cache=image_cache).text
+        return adapt_folder(self.loaded, text, Path(examples), seed=seed, workers=workers, image_cache=image_cache,
+                            tower=self.image_tower()).text  # fmt: skip
 
     def classify(
         self,
@@ -139,7 +160,7 @@ class Zeroshot:
         from .classifier import resolve_multilabel
         from .images import iter_inputs
         from .output import apply_min_score
-        from .pipeline import DecodeOptions, classify_inputs
+        from .pipeline import DecodeOptions, ImageEncoder, encoded_records
 
         inputs = _input_paths(paths)
         rule = None
@@ -153,10 +174,9 @@ class Zeroshot:
         for name, value in (("max_bytes", max_bytes), ("timeout", timeout), ("max_pixels", max_pixels)):
             if value is not None:
                 setattr(options, name, value)
-        records = classify_inputs(
-            self.loaded, text, iter_inputs(inputs), top_k=top_k, batch_size=batch_size,
-            image_cache=image_cache, options=options, multi_label=rule,
-        )  # fmt: skip
+        encoder = ImageEncoder(self.image_tower(), batch_size=batch_size, image_cache=image_cache, options=options)
+        records = encoded_records(encoder.batches(iter_inputs(inputs)), text.weights, self.loaded.logit_scale,
+                                  text.classes, top_k, rule)  # fmt: skip
         return (apply_min_score(record, min_score) for record in records)
 
 

@@ -164,6 +164,7 @@ def adapt_folder(
     workers: int | None = None,
     max_bytes: int | None = None,
     image_cache: Any = None,
+    tower: Any = None,
 ) -> AdaptRun:
     """Adapt ``text`` (the zero-shot classifier) to the labelled examples in ``folder`` (one
     sub-folder per class, matched to the classes as ``eval`` matches them). Examples go through
@@ -175,8 +176,8 @@ def adapt_folder(
 
     items = list(folder_items(Path(folder), text.classes))
     keys: list[str | int] = []
-    feats, labels, failed = image_features(loaded, items, batch_size=batch_size, workers=workers, keys_out=keys,
-                                           max_bytes=max_bytes, image_cache=image_cache)  # fmt: skip
+    feats, labels, failed = image_features(tower or loaded, items, batch_size=batch_size, workers=workers,
+                                           keys_out=keys, max_bytes=max_bytes, image_cache=image_cache)  # fmt: skip
     adapted = adapt(feats, labels, text.tensor("cpu"), loaded.logit_scale, list(text.classes), seed=seed)
     examples = [(text.classes[int(y)], file_digest(str(k), max_bytes)) for k, y in zip(keys, labels, strict=True)]
     weights = adapted.weights.numpy()
@@ -257,6 +258,7 @@ def few_shot_eval(
     batch_size: int = 64,
     workers: int | None = None,
     max_bytes: int | None = None,
+    tower: Any = None,
 ) -> dict[str, Any]:
     """``eval --shots``: draw the examples from ``train`` (a folder of class sub-folders), from the
     IDX dataset's train split when the run read IDX files, else from the evaluated folder itself
@@ -271,7 +273,8 @@ def few_shot_eval(
         return few_shot(run.feats, run.labels, pool, text.tensor("cpu"), loaded.logit_scale, classes, shots, seeds)
     if train is not None:
         items: list[Labelled] = list(folder_items(Path(train), text.classes))
-        feats, labels, _ = image_features(loaded, items, batch_size=batch_size, workers=workers, max_bytes=max_bytes)
+        feats, labels, _ = image_features(tower or loaded, items, batch_size=batch_size, workers=workers,
+                                          max_bytes=max_bytes)  # fmt: skip
     else:
         from .idx import load_split
 
@@ -282,7 +285,7 @@ def few_shot_eval(
                   for i in (ys == c).nonzero().flatten()[torch.randperm(int((ys == c).sum()), generator=g)]
                   [:IDX_POOL_PER_CLASS]]  # fmt: skip
         items = [Labelled(i, int(ys[i])) for i in picked]
-        feats, labels, _ = image_features(loaded, items, array, batch_size=batch_size, workers=workers)
+        feats, labels, _ = image_features(tower or loaded, items, array, batch_size=batch_size, workers=workers)
     pool = list(range(len(labels)))
     return few_shot(feats, labels, pool, text.tensor("cpu"), loaded.logit_scale, classes, shots, seeds,
                     test_feats=run.feats, test_labels=run.labels)  # fmt: skip

@@ -32,6 +32,7 @@ class ModelChoice:
     preprocess: str | None = None
     device: str = "auto"
     precision: str = "auto"
+    runtime: str | None = None  # --runtime auto/torch/onnx (None: ZEROSHOT_RUNTIME, else auto)
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,11 @@ class Loading:
     def notes(self, notes: list[str]) -> None:
         """What loading inferred (a checkpoint file's preprocessing, QuickGELU)."""
 
+    @contextlib.contextmanager
+    def engine(self, spec: ModelSpec, precision: str) -> Iterator[None]:
+        """Around the one-time export of the model's image tower for ONNX Runtime (seconds)."""
+        yield
+
     def prompts(self, total: int) -> Callable[[int], None] | None:
         """Who hears how many more prompts were encoded, out of ``total``, while a text classifier is
         built (None: nobody)."""
@@ -106,10 +112,59 @@ class Prepared:
     load: Callable[[], LoadedModel] = field(repr=False)
 
     box: list[LoadedModel] = field(default_factory=list, repr=False)  # the model, once loaded
+    runtime: str = "torch"  # where the image tower runs: "torch" or "onnx" (see image_tower)
+    loading: Loading = field(default_factory=Loading, repr=False)
+    towers: list[Any] = field(default_factory=list, repr=False)  # the image tower, once made
 
     @property
     def loaded(self) -> LoadedModel:
         return self.load()
+
+    @property
+    def logit_scale(self) -> float:
+        """The model's learned temperature: from the text classifier's scoring facts when it has
+        them (no model needed), else from the model."""
+        facts = self.text.scoring
+        return float(facts["logit_scale"]) if facts is not None else self.loaded.logit_scale
+
+    def image_tower(self, decode_workers: int = 1) -> Any:
+        """The image tower this run's images go through (:mod:`zeroshot.runtimes`), made once.
+
+        With the ONNX runtime: the cached export, opened without loading the model (nor importing
+        torch) when the text classifier's scoring facts name the model's image key; else the model
+        loads and its tower is exported, once. A tower that cannot run there runs on torch, with a
+        note naming the reason.
+        """
+        if not self.towers:
+            facts = self.text.scoring
+            self.towers.append(
+                make_tower(
+                    self.runtime,
+                    self.precision,
+                    self.load,
+                    self.loading,
+                    decode_workers,
+                    image_key=facts["image_key"] if facts is not None else None,
+                )  # fmt: skip
+            )
+        return self.towers[0]
+
+    def embeddings_key(self) -> str:
+        """The image-embedding cache key of this run's features: the model's, and the runtime's when
+        it is not torch (:func:`zeroshot.onnxexport.runtime_image_key`)."""
+        from .onnxexport import read_engine, runtime_image_key
+
+        facts = self.text.scoring
+        if facts is not None:
+            base = facts["image_key"]
+        else:
+            from .imagecache import image_cache_key
+
+            base = image_cache_key(self.loaded)
+        runtime = self.towers[0].runtime if self.towers else self.runtime
+        if runtime == "onnx" and isinstance(read_engine(base, self.precision), str):
+            runtime = "torch"  # its export was rejected: the features will be torch's
+        return runtime_image_key(base, runtime, self.precision)
 
     @property
     def is_loaded(self) -> bool:
@@ -119,6 +174,50 @@ class Prepared:
     def loaded_if_any(self) -> LoadedModel | None:
         """The model if something loaded it, without loading it."""
         return self.box[0] if self.box else None
+
+
+def text_engine_for(loaded: LoadedModel, loading: Loading) -> Callable[[], Any]:
+    """The text tower in ONNX Runtime for ``loaded``, made (exported, or read from the cache) the
+    first time a text classifier is built, not before: a cached classifier needs none."""
+    made: list[Any] = []
+
+    def engine() -> Any:
+        if not made:
+            from .onnxtext import text_engine
+
+            made.append(text_engine(loaded, loading))
+        return made[0]
+
+    return engine
+
+
+def make_tower(
+    runtime: str,
+    precision: str,
+    load: Callable[[], LoadedModel],
+    loading: Loading,
+    decode_workers: int = 1,
+    *,
+    image_key: str | None = None,
+) -> Any:
+    """The image tower for ``runtime``: torch's (the loaded model), or ONNX Runtime's: the cached
+    export of the model whose image key is ``image_key`` (no model load, no torch), else exported
+    from the loaded model once; a model that cannot run there runs on torch, with a note."""
+    from .runtimes import TorchTower, onnx_threads
+
+    if runtime == "onnx":
+        from .onnxexport import cached_tower, tower_for
+
+        threads = onnx_threads(decode_workers)
+        tower = cached_tower(image_key, precision, threads) if image_key is not None else None
+        if tower is not None:
+            return tower
+        loaded = load()
+        tower, why = tower_for(loaded, precision, threads=threads, loading=loading)
+        if tower is not None:
+            return tower
+        loading.notes([f"{loaded.spec.label} runs on torch, not ONNX Runtime: {why}"])
+    return TorchTower(load())
 
 
 class _Deferred:
@@ -161,7 +260,13 @@ def prepare_model(choice: ModelChoice, loading: Loading | None = None) -> Loaded
     from .models import resolve_device, resolve_precision
 
     device = resolve_device(choice.device)
-    return _load(spec_for(choice), device, resolve_precision(choice.precision, device), loading or Loading())
+    return _load(spec_for(choice), device, model_precision(resolve_precision(choice.precision, device)),
+                 loading or Loading())  # fmt: skip
+
+
+def model_precision(precision: str) -> str:
+    """The precision the torch model loads at: int8 is the ONNX image tower's alone (from fp32)."""
+    return "fp32" if precision == "int8" else precision
 
 
 def _load(spec: ModelSpec, device: str, precision: str, loading: Loading) -> LoadedModel:
@@ -192,6 +297,7 @@ def prepare(
     rebuilds a cached text classifier."""
     from .classifier import get_text_classifier, resolve_multilabel
     from .models import resolve_device, resolve_precision
+    from .runtimes import resolve_runtime
 
     if (prompt_set is None) == (classifier_file is None):
         raise ValueError("prepare needs a prompt set or a classifier file, not both")
@@ -199,11 +305,15 @@ def prepare(
     spec = spec_for(choice, classifier_file)
     device = resolve_device(choice.device)
     precision = resolve_precision(choice.precision, device)
+    runtime = resolve_runtime(choice.runtime, device, precision)
+    loads_at = model_precision(precision)  # the torch model's (and the text tower's) precision
     box: list[LoadedModel] = [] if loaded is None else [loaded]  # a model already loaded for this choice
 
     def load() -> LoadedModel:
         if not box:
-            box.append(_load(spec, device, precision, loading))
+            box.append(_load(spec, device, loads_at, loading))
+            if runtime == "onnx":
+                box[0].text_engine = text_engine_for(box[0], loading)
         return box[0]
 
     if eager:
@@ -217,7 +327,7 @@ def prepare(
     else:
         assert prompt_set is not None
         text = get_text_classifier(
-            spec, prompt_set, load, use_cache=use_cache, precision=precision, batch_size=batch_size,
+            spec, prompt_set, load, use_cache=use_cache, precision=loads_at, batch_size=batch_size,
             refresh=refresh, progress=_Deferred(lambda: loading.prompts(prompt_set.prompt_count())),
         )  # fmt: skip
     rule = None
@@ -226,4 +336,5 @@ def prepare(
             spec, text.prompt_set, load, threshold=multi_label.threshold, background=multi_label.background,
             calibration=multi_label.calibration,
         )  # fmt: skip
-    return Prepared(spec=spec, device=device, precision=precision, text=text, rule=rule, load=load, box=box)
+    return Prepared(spec=spec, device=device, precision=precision, text=text, rule=rule, load=load, box=box,
+                    runtime=runtime, loading=loading)  # fmt: skip

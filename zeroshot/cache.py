@@ -27,6 +27,7 @@ FORMAT_VERSION = 1
 TEXT_SUBDIR = "text"
 HASH_SUBDIR = "hashes"
 IMAGE_SUBDIR = "images"  # see imagecache.py
+ONNX_SUBDIR = "onnx"  # see onnxexport.py
 SUFFIX = ".safetensors"
 # Rows of a stored classifier are unit vectors; anything further off was not written by us.
 NORM_TOLERANCE = 1e-3
@@ -180,21 +181,24 @@ def list_entries() -> list[EntryInfo]:
 
 
 def clear() -> tuple[int, int]:
-    """Delete every cache file (text entries, image embeddings, checkpoint hash memos, temporaries).
+    """Delete every cache file (text entries, image embeddings, checkpoint hash memos, the CPU
+    engine's exported towers, temporaries).
 
     Returns (files removed, bytes freed).
     """
     root = cache_dir()
     count = freed = 0
-    for sub in (TEXT_SUBDIR, IMAGE_SUBDIR, HASH_SUBDIR):
+    for sub in (TEXT_SUBDIR, IMAGE_SUBDIR, HASH_SUBDIR, ONNX_SUBDIR):
         folder = root / sub
         if not folder.is_dir():
             continue
-        for path in folder.iterdir():
-            if path.is_file():
-                with contextlib.suppress(OSError):
-                    size = path.stat().st_size
-                    path.unlink()
-                    count += 1
-                    freed += size
+        for path in sorted(folder.rglob("*"), reverse=True):  # files first, then their folders
+            with contextlib.suppress(OSError):
+                if path.is_dir() and not path.is_symlink():
+                    path.rmdir()
+                    continue
+                size = path.stat().st_size
+                path.unlink()
+                count += 1
+                freed += size
     return count, freed

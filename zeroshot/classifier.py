@@ -120,19 +120,25 @@ def tokenize(loaded: LoadedModel, texts: list[str]) -> Any:
 
 
 def encode_texts(
-    loaded: LoadedModel, texts: list[str], batch_size: int = 256, trim: bool | None = None, progress: Progress = None
+    loaded: LoadedModel,
+    texts: list[str],
+    batch_size: int = 256,
+    trim: bool | None = None,
+    progress: Progress = None,
+    engine: Any = None,
 ) -> Any:
     """L2-normalized embeddings of ``texts`` [N, dim], float32, in the order given.
 
     With ``trim`` (default: whenever :func:`trimmable`), prompts are sorted by token length and each
     batch is cut to its longest prompt: the same numbers as the 77-token padded batch (to float
-    rounding, ~1e-6) at a fraction of the cost. Tokenization happens once.
+    rounding, ~1e-6) at a fraction of the cost. Tokenization happens once. ``engine``: the text tower
+    in ONNX Runtime (:mod:`zeroshot.onnxtext`), which takes such cut batches.
     """
     import torch
     import torch.nn.functional as F
 
     model = loaded.model
-    trim = trimmable(model) if trim is None else trim
+    trim = (trimmable(model) if trim is None else trim) or engine is not None
     tokens = tokenize(loaded, texts)
     order = torch.argsort((tokens != 0).sum(dim=1), stable=True) if trim else torch.arange(len(texts))
     out = torch.empty(len(texts), 0)
@@ -140,7 +146,10 @@ def encode_texts(
     with torch.inference_mode():
         for start in range(0, len(texts), batch_size):
             batch = tokens[order[start : start + batch_size]].to(loaded.device)
-            feats = encode_trimmed(model, batch) if trim else model.encode_text(batch)
+            if engine is not None:
+                feats = engine(batch[:, : int((batch != 0).sum(dim=1).max())])
+            else:
+                feats = encode_trimmed(model, batch) if trim else model.encode_text(batch)
             chunks.append(F.normalize(feats.float(), dim=-1))
             if progress is not None:
                 progress(len(batch))
@@ -175,7 +184,10 @@ def encode_prompt_set(
         return _encode_per_class(loaded, prompt_set, batch_size, trim, progress)
     num_classes, num_templates = len(prompt_set.classes), len(prompt_set.templates)
     prompts = prompt_set.all_prompts()
-    if (trim is None or trim) and prompts and prefix_shareable(loaded.model):
+    engine = loaded.text_engine() if loaded.text_engine is not None and trim is not False else None
+    if engine is not None:
+        per_prompt = encode_texts(loaded, prompts, batch_size, True, progress, engine=engine)
+    elif (trim is None or trim) and prompts and prefix_shareable(loaded.model):
         # Class-major order: template t of class c is row c * T + t; one group per template.
         groups = [list(range(t, len(prompts), num_templates)) for t in range(num_templates)]
         per_prompt = _encode_grouped(loaded, tokenize(loaded, prompts), groups, batch_size, progress)
@@ -201,7 +213,10 @@ def _encode_per_class(
         for t, prompt in rows:
             by_template.setdefault(t, []).append(len(prompts))
             prompts.append(prompt)
-    if (trim is None or trim) and prefix_shareable(loaded.model):
+    engine = loaded.text_engine() if loaded.text_engine is not None and trim is not False else None
+    if engine is not None:
+        per_prompt = encode_texts(loaded, prompts, batch_size, True, progress, engine=engine)
+    elif (trim is None or trim) and prefix_shareable(loaded.model):
         per_prompt = _encode_grouped(
             loaded, tokenize(loaded, prompts), list(by_template.values()), batch_size, progress
         )

@@ -75,12 +75,37 @@ def split_preprocess(preprocess: Any) -> Split | None:
         crop = tuple(int(v) for v in pil[1].size)
         crop = crop * 2 if len(crop) == 1 else crop
         if (
-            isinstance(size, int) and pil[0].max_size is None and mode in ("bicubic", "bilinear")
+            isinstance(size, int) and pil[0].max_size is None and mode in _PIL_METHODS
             and len(crop) == 2 and max(crop) <= size
         ):  # fmt: skip
             stage = StandardPilStage(size, mode, (crop[0], crop[1]))
             return Split(stage, mean, std, size, mode, (crop[0], crop[1]))
+    if len(pil) == 2 and isinstance(pil[0], T.Resize):  # "squash": straight to (height, width)
+        size, mode = pil[0].size, getattr(pil[0].interpolation, "value", None)
+        if isinstance(size, (list, tuple)) and len(size) == 2 and pil[0].max_size is None and mode in _PIL_METHODS:
+            return Split(SquashPilStage((int(size[0]), int(size[1])), mode), mean, std, None, mode, None)
     return Split(T.Compose(pil), mean, std, None, None, None)
+
+
+_PIL_METHODS = ("bicubic", "bilinear")
+
+
+class SquashPilStage:
+    """``Resize((height, width))`` (no aspect kept: open_clip's "squash"), convert to RGB, with
+    Pillow alone: the call torchvision makes for a PIL image (none when the size is already right)."""
+
+    def __init__(self, size: tuple[int, int], interpolation: str) -> None:
+        self.size = size
+        self.interpolation = interpolation
+
+    def __call__(self, image: Any) -> Any:
+        from PIL import Image
+
+        h, w = self.size
+        if (w, h) != image.size:
+            method = Image.Resampling.BICUBIC if self.interpolation == "bicubic" else Image.Resampling.BILINEAR
+            image = image.resize((w, h), method)
+        return image.convert("RGB")
 
 
 class StandardPilStage:
@@ -360,7 +385,7 @@ def processes_usable(decoder: FileDecoder) -> bool:
 
     if sys.platform != "linux" or "fork" not in mp.get_all_start_methods():
         return False  # macOS and Windows: fork is unsafe or missing; decode in threads
-    return isinstance(decoder.split.pil_stage if decoder.split else None, StandardPilStage)
+    return isinstance(decoder.split.pil_stage if decoder.split else None, (StandardPilStage, SquashPilStage))
 
 
 def cpu_count() -> int:

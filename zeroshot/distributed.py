@@ -129,6 +129,7 @@ class ClassifyBatch:
         min_score: float | None = None,
         model_batch_size: int | None = None,
         decode_workers: int = 1,
+        runtime: str | None = None,
     ) -> None:
         import torch
 
@@ -146,8 +147,14 @@ class ClassifyBatch:
                 f"this node's {spec.label} is not the model the classifier was built for "
                 f"({classifier.model}, {classifier.identity})"
             )
+        from .assembly import Loading, make_tower, model_precision
+        from .runtimes import resolve_runtime
+
         dev = resolve_device(device)
-        self.loaded = load_model(spec, dev, resolve_precision(precision, dev))
+        prec = resolve_precision(precision, dev)
+        self.loaded = load_model(spec, dev, model_precision(prec))
+        # The actor's image tower: torch, or ONNX Runtime on a CPU actor (exported once per node's cache).
+        tower = make_tower(resolve_runtime(runtime, dev, prec), prec, lambda: self.loaded, Loading(), decode_workers)
         self.device = dev
         self.classes = classifier.classes
         self.weights = torch.from_numpy(classifier.weights.copy()).to(dev)
@@ -160,7 +167,7 @@ class ClassifyBatch:
             max_bytes=DEFAULT_MAX_BYTES if max_bytes is None else max_bytes, timeout=timeout or DEFAULT_TIMEOUT,
         )  # fmt: skip
         # The local engine's image core; the bytes come from Ray's reader, so decoding is done here.
-        self.encoder = ImageEncoder(self.loaded, batch_size=self.batch_size, options=options)
+        self.encoder = ImageEncoder(tower, batch_size=self.batch_size, options=options)
         self.decoder = self.encoder.decoder
         # Decoding runs in forked worker processes (as in the local engine) where it can: a file
         # that crashes the decoder then costs its own record, not the actor (whose batch Ray would

@@ -61,7 +61,7 @@ def folder_items(folder: Path, classes: tuple[str, ...]) -> Iterator[Labelled]:
 
 
 def image_features(
-    loaded: LoadedModel,
+    loaded: Any,
     items: Iterable[Labelled],
     array: Any = None,
     *,
@@ -80,7 +80,8 @@ def image_features(
     ``keys_out``, when given, receives each decoded item's key (path or array index), in order.
     ``max_bytes``: the byte cap per file (None: the default; 0: none), as for ``classify``;
     ``image_cache``: an :class:`~zeroshot.imagecache.ImageEmbeddingCache` for files seen before;
-    ``progress`` hears how many more images each batch took.
+    ``progress`` hears how many more images each batch took. ``loaded`` is the model, or the image
+    tower (:mod:`zeroshot.runtimes`) to run the images through.
     """
     import torch
     import torch.nn.functional as F
@@ -110,7 +111,7 @@ def image_features(
             if e.feature is None:
                 failed.append({"path": e.input.path, "error": e.error or "unknown error"})
                 continue
-            good.append(e.feature)
+            good.append(torch.from_numpy(e.feature) if not isinstance(e.feature, torch.Tensor) else e.feature)
             labels.append(item.label)
             if keys_out is not None:
                 keys_out.append(item.key)
@@ -237,8 +238,10 @@ def evaluate_run(
     workers: int | None,
     max_bytes: int | None = None,
     progress: Callable[[int], None] | None = None,
+    tower: Any = None,
 ) -> EvalRun:
-    """:func:`run_eval`, keeping the per-image data (for calibration and reports)."""
+    """:func:`run_eval`, keeping the per-image data (for calibration and reports); ``tower``: the
+    image tower to run the images through (default: the model's torch one)."""
     import itertools
 
     start = time.perf_counter()
@@ -257,8 +260,8 @@ def evaluate_run(
     if limit:
         items = itertools.islice(items, limit)
     keys: list[str | int] = []
-    feats, labels, failed = image_features(loaded, items, array, batch_size=batch_size, workers=workers, keys_out=keys,
-                                          max_bytes=max_bytes, progress=progress)  # fmt: skip
+    feats, labels, failed = image_features(tower or loaded, items, array, batch_size=batch_size, workers=workers,
+                                          keys_out=keys, max_bytes=max_bytes, progress=progress)  # fmt: skip
     from .manifest import identity
 
     record: dict[str, Any] = {"dataset": source}

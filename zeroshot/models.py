@@ -197,6 +197,9 @@ class LoadedModel:
     notes: list[str] = field(default_factory=list)
     precision: str = "fp32"
     timings: dict[str, float] = field(default_factory=dict)  # seconds: "import" (open_clip, torch), "load"
+    # With the ONNX runtime: a callable giving the text tower in ONNX Runtime (None when it stays on
+    # torch), called when a text classifier is built (zeroshot.classifier.encode_prompt_set).
+    text_engine: Callable[[], Any] | None = None
 
     @property
     def input_dtype(self) -> Any:
@@ -223,24 +226,28 @@ class LoadedModel:
 
 
 class Precision(str, Enum):
-    """``--precision``: auto is fp16 on CUDA and fp32 elsewhere."""
+    """``--precision``: auto is fp16 on CUDA and fp32 elsewhere; int8 is the CPU engine's."""
 
     AUTO = "auto"
     FP32 = "fp32"
     FP16 = "fp16"
     BF16 = "bf16"
+    INT8 = "int8"
 
 
-PRECISIONS = ("fp32", "fp16", "bf16")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 
 
 def resolve_precision(precision: str | None, device: str) -> str:
-    """``auto`` is fp16 on CUDA and fp32 elsewhere; fp16/bf16 halve memory traffic on GPUs."""
+    """``auto`` is fp16 on CUDA and fp32 elsewhere; fp16/bf16 halve memory traffic on GPUs; int8
+    (the image tower's weights, in ONNX Runtime) is for the CPU."""
     choice = (precision or "auto").strip().lower()
     if choice == "auto":
         return "fp16" if device.startswith("cuda") else "fp32"
     if choice not in PRECISIONS:
         raise UsageError(f"--precision {precision}: expected auto, {', '.join(PRECISIONS)}")
+    if choice == "int8" and device.startswith("cuda"):
+        raise UsageError("--precision int8 is for the CPU (ONNX Runtime); on CUDA use fp16 or bf16")
     return choice
 
 

@@ -17,12 +17,12 @@ from enum import Enum
 from typing import Any, NamedTuple
 
 from .classifier import TextClassifier
-from .decoding import Cached, FileDecoder, Fresh, Jpeg, cpu_count, processes_usable, split_preprocess
+from .decoding import Cached, FileDecoder, Fresh, cpu_count, processes_usable
 from .images import DEFAULT_MAX_PIXELS, ImageError, Input, Pause
 from .models import LoadedModel
 from .ranking import Record, error_record, feature_records
 from .reading import DEFAULT_MAX_BYTES, DEFAULT_TIMEOUT, is_url
-from .streams import PROCESS_CHUNK, ahead, decode_stream, lookahead_for, prep_stream
+from .streams import PROCESS_CHUNK, ahead, decode_stream, lookahead_for
 
 log = logging.getLogger("zeroshot")
 WORKER_KINDS = ("process", "thread")
@@ -117,38 +117,37 @@ class ImageEncoder:
 
     def __init__(
         self,
-        loaded: LoadedModel,
+        tower: Any,
         *,
         batch_size: int = 32,
         workers: int | None = None,
         image_cache: Any = None,
         options: DecodeOptions | None = None,
     ) -> None:
+        from .runtimes import as_tower
+
         opts = options or DecodeOptions()
         workers = opts.workers if workers is None else workers
-        self.workers = default_workers(loaded.device) if workers is None else workers
+        # ``tower``: a :mod:`zeroshot.runtimes` image tower, or a LoadedModel (its torch tower).
+        self.tower = tower = as_tower(tower)
+        self.workers = default_workers(tower.device) if workers is None else workers
         if opts.worker_kind not in WORKER_KINDS:
             raise ValueError(f"worker_kind must be one of {WORKER_KINDS}")
-        self.loaded, self.opts, self.batch_size, self.image_cache = loaded, opts, batch_size, image_cache
-        self.device = loaded.device
-        self.cuda = str(self.device).startswith("cuda")
-        self.split = split = split_preprocess(loaded.preprocess)
+        self.opts, self.batch_size, self.image_cache = opts, batch_size, image_cache
+        self.device = tower.device
+        self.split = split = tower.split
         decoder_name = _resolve_decoder(opts.decoder, self.device, split)
+        if decoder_name == "batched" and not tower.batched_jpeg:
+            log.info("this runtime takes decoded pixels; decoding with Pillow")
+            decoder_name = "pillow"
         self.decoder = FileDecoder(
-            loaded.preprocess, split, digest=image_cache is not None, jpeg_draft=opts.jpeg_draft,
+            tower.preprocess, split, digest=image_cache is not None, jpeg_draft=opts.jpeg_draft,
             raw_jpeg=decoder_name == "batched", max_pixels=opts.max_pixels, max_bytes=opts.max_bytes,
             timeout=opts.timeout,
         )  # fmt: skip
-        self.batched = None
-        if decoder_name == "batched" and split is not None and split.resize is not None:
-            from .decoding import StandardPilStage
-            from .tensordecode import BatchJpegDecoder
-
-            assert isinstance(split.pil_stage, StandardPilStage)
-            self.batched = BatchJpegDecoder(split.pil_stage, self.device)
-        # For the JPEGs nvJPEG refuses:
-        self.fallback = FileDecoder(loaded.preprocess, split, jpeg_draft=opts.jpeg_draft, max_pixels=opts.max_pixels,
-                                    max_bytes=opts.max_bytes)  # fmt: skip
+        if decoder_name == "batched":  # and, for the JPEGs the batched decoder refuses, Pillow:
+            tower.use_batched_jpeg(FileDecoder(tower.preprocess, split, jpeg_draft=opts.jpeg_draft,
+                                               max_pixels=opts.max_pixels, max_bytes=opts.max_bytes))  # fmt: skip
 
     def batches(self, inputs: Iterable[Input]) -> Iterator[list[Encoded]]:
         """Files and URLs -> features, one list per model call (errors included), in input order."""
@@ -157,7 +156,7 @@ class ImageEncoder:
     def encode(self, decoded: Iterable[list[tuple[Input, Any, str | None]]]) -> Iterator[list[Encoded]]:
         """Batches of decoded items (input, payload or None, error) -> features. ``eval`` enters
         here with images it holds in memory, decoded by :meth:`FileDecoder.decode_image`."""
-        if self.cuda or self.batched is not None:  # overlap batched decoding and copies with the model
+        if self.tower.overlap:  # batched decoding and copies to the device alongside the model
             for batch in ahead(iter(decoded), self._prepare):
                 yield self._finish(batch)
         else:
@@ -199,83 +198,31 @@ class ImageEncoder:
         if pending:
             yield pending
 
-    def _model_input(self, payloads: list[Any], batch: Batch) -> Any:
-        """Payloads (uint8 pixels, float tensors, JPEG bytes) -> one model input on the device."""
-        import torch
-
-        device, dtype = self.device, self.loaded.input_dtype
-        jpeg_at = [i for i, p in enumerate(payloads) if isinstance(p, Jpeg)]
-        if jpeg_at and self.batched is not None:
-            for i, px in zip(jpeg_at, self.batched([payloads[i] for i in jpeg_at]), strict=True):
-                if px is None:
-                    try:
-                        px = self.fallback.decode_bytes(payloads[i].data)
-                    except ImageError as e:
-                        batch.error_for[id(batch.ok[batch.todo[i]][0])] = str(e)
-                payloads[i] = px
-        keep = [i for i, p in enumerate(payloads) if p is not None]
-        if len(keep) < len(payloads):
-            batch.todo = [batch.todo[i] for i in keep]
-            payloads = [payloads[i] for i in keep]
-        if not payloads:
-            return None
-        if self.split is None:  # whole transform ran in the workers: float tensors
-            return torch.stack(payloads).to(device, dtype=dtype, non_blocking=self.cuda)
-        from .decoding import to_model_input
-
-        stacked: Any
-        if any(isinstance(p, torch.Tensor) for p in payloads):  # some decoded on the device
-            stacked = torch.stack([p if isinstance(p, torch.Tensor) else torch.from_numpy(p).to(device)
-                                   for p in payloads])  # fmt: skip
-        else:
-            import numpy as np
-
-            stacked = np.stack(payloads)
-        return to_model_input(stacked, self.split, device, dtype)
-
     def _prepare(self, items: list[tuple[Input, Any, str | None]]) -> Batch:
         """Everything before the image tower: may run in a helper thread, one batch ahead."""
-        import torch
-
         batch = Batch(items)
         if batch.todo:
             payloads = [p.pixels if isinstance(p, Fresh) else p for p in (batch.ok[i][1] for i in batch.todo)]
-            with torch.inference_mode():
-                if self.cuda:
-                    stream = prep_stream(self.device)
-                    with torch.cuda.stream(stream):
-                        batch.pixels = self._model_input(payloads, batch)
-                        batch.event = torch.cuda.Event()
-                        batch.event.record(stream)
-                else:
-                    batch.pixels = self._model_input(payloads, batch)
+            self.tower.prepare(payloads, batch)
         return batch
 
     def _finish(self, batch: Batch) -> list[Encoded]:
         """The image tower over the batch; cached features filled in, new ones stored."""
-        import torch
-
-        ok = batch.ok
+        ok, tower = batch.ok, self.tower
         feats: list[Any] = [None] * len(ok)
-        with torch.inference_mode():
-            if batch.pixels is not None:
-                if batch.event is not None:  # made on the preparing stream: wait for it, and
-                    # tell the allocator the main stream uses it, so it is not recycled early
-                    main = torch.cuda.current_stream(self.device)
-                    main.wait_event(batch.event)
-                    batch.pixels.record_stream(main)
-                computed = self.loaded.model.encode_image(batch.pixels).float()
-                fresh = []
-                for j, i in enumerate(batch.todo):
-                    feats[i] = computed[j]
-                    p = ok[i][1]
-                    if isinstance(p, Fresh):
-                        fresh.append((p.digest, computed[j]))
-                if fresh and self.image_cache is not None:
-                    self.image_cache.put_many([(d, v.cpu().numpy()) for d, v in fresh])
-            for i, (_, p) in enumerate(ok):
-                if isinstance(p, Cached):
-                    feats[i] = torch.from_numpy(p.feature.copy()).to(self.device)
+        if batch.pixels is not None:
+            computed = tower.encode(batch)
+            fresh = []
+            for j, i in enumerate(batch.todo):
+                feats[i] = computed[j]
+                p = ok[i][1]
+                if isinstance(p, Fresh):
+                    fresh.append((p.digest, computed[j]))
+            if fresh and self.image_cache is not None:
+                self.image_cache.put_many([(d, tower.to_numpy(v)) for d, v in fresh])
+        for i, (_, p) in enumerate(ok):
+            if isinstance(p, Cached):
+                feats[i] = tower.from_numpy(p.feature)
         by_input = {id(inp): feats[i] for i, (inp, _) in enumerate(ok) if id(inp) not in batch.error_for}
         return [
             Encoded(inp, None, batch.error_for.get(id(inp)) or err or "unknown error")

@@ -25,9 +25,11 @@ from .common import (
     PreprocessOpt,
     PretrainedOpt,
     QuietOpt,
+    RuntimeOpt,
     TemplatesOpt,
     WorkersOpt,
     folder_prompt_set,
+    model_choice,
     output_destination,
     prepare_run,
     spinner,
@@ -53,6 +55,7 @@ def adapt_cmd(
     preprocess: PreprocessOpt = None,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = Precision.AUTO,
+    runtime: RuntimeOpt = None,
     seed: Annotated[int, typer.Option("--seed", help="Seeds the cross-validation folds and the fits.")] = 0,
     cache_images: Annotated[
         bool, typer.Option("--cache-images", help="Reuse and store image embeddings (re-adapting re-encodes nothing).")
@@ -70,7 +73,6 @@ def adapt_cmd(
     could not be read (the file is still written, from the others).
     """
     from ..adapt import adapt_folder
-    from ..assembly import ModelChoice
     from ..export import save_classifier
 
     start = time.perf_counter()
@@ -78,19 +80,22 @@ def adapt_cmd(
     assert dest is not None
     prompt_set = folder_prompt_set(examples, dataset, labels, label, templates)
     prepared = prepare_run(
-        ModelChoice(model, pretrained, preprocess, device, precision.value), prompt_set, use_cache=not no_cache,
+        model_choice(model, pretrained, preprocess, device, precision, runtime), prompt_set, use_cache=not no_cache,
         quiet=quiet,
     )  # fmt: skip
     loaded, text = prepared.loaded, prepared.text
+    from ..pipeline import default_workers
+
+    tower = prepared.image_tower(workers if workers is not None else default_workers(prepared.device))
     image_cache = None
     if cache_images:
-        from ..imagecache import image_cache_key, open_image_cache
+        from ..imagecache import open_image_cache
 
-        image_cache = open_image_cache(image_cache_key(loaded), loaded.embed_dim)
+        image_cache = open_image_cache(prepared.embeddings_key(), loaded.embed_dim)
     try:
         with spinner(not quiet and sys.stderr.isatty(), "adapting"):
             run = adapt_folder(loaded, text, examples, seed=seed, batch_size=batch_size, workers=workers,
-                               max_bytes=max_bytes, image_cache=image_cache)  # fmt: skip
+                               max_bytes=max_bytes, image_cache=image_cache, tower=tower)  # fmt: skip
     finally:
         if image_cache is not None:
             image_cache.close()

@@ -20,7 +20,9 @@ from .common import (
     PreprocessOpt,
     PretrainedOpt,
     QuietOpt,
+    RuntimeOpt,
     TemplatesOpt,
+    model_choice,
     output_destination,
     prepare_run,
     prompt_set_from,
@@ -40,6 +42,7 @@ def build_prompts(
     preprocess: PreprocessOpt = None,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = Precision.AUTO,
+    runtime: RuntimeOpt = None,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Prompts per model call.")] = 256,
     force: Annotated[bool, typer.Option("--force", help="Rebuild even if the cache has this classifier.")] = False,
     output: Annotated[
@@ -58,13 +61,12 @@ def build_prompts(
     Prints one JSON record: what was built, the cache file, whether it was a cache hit, seconds
     (and the exported file with -o).
     """
-    from ..assembly import ModelChoice
 
     start = time.perf_counter()
     prompt_set = prompt_set_from(dataset, labels, label, templates)
     dest = output_destination("--output", output)
     prepared = prepare_run(
-        ModelChoice(model, pretrained, preprocess, device, precision.value), prompt_set, eager=False, refresh=force,
+        model_choice(model, pretrained, preprocess, device, precision, runtime), prompt_set, eager=False, refresh=force,
         batch_size=batch_size, quiet=quiet,
     )  # fmt: skip
     spec, prec, text = prepared.spec, prepared.precision, prepared.text

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from ..assembly import ModelChoice, multi_label_from
+from ..assembly import multi_label_from
 from ..errors import UsageError
 from ..models import Precision
 from ..pipeline import DecodeOptions, Decoder
@@ -28,8 +28,10 @@ from .common import (
     PreprocessOpt,
     PretrainedOpt,
     QuietOpt,
+    RuntimeOpt,
     TemplatesOpt,
     WorkersOpt,
+    model_choice,
     open_classifier_file,
     prompt_set_from,
 )
@@ -66,6 +68,7 @@ def classify(
     preprocess: PreprocessOpt = None,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = Precision.AUTO,
+    runtime: RuntimeOpt = None,
     batch_size: Annotated[
         int | None, typer.Option("--batch-size", "-b", min=1, help="Images per model call (default: 32; 256 on CUDA).")
     ] = None,
@@ -231,7 +234,7 @@ def classify(
     classifier_file = open_classifier_file(classifier, labels, label, dataset, templates)
     run = ClassifyRun(
         inputs=inputs,
-        choice=ModelChoice(model, pretrained, preprocess, device, precision.value),
+        choice=model_choice(model, pretrained, preprocess, device, precision, runtime),
         prompt_set=None if classifier_file else prompt_set_from(dataset, labels, label, templates),
         classifier_file=classifier_file,
         multi_label=rule_options,

@@ -15,6 +15,7 @@ import typer
 from ..assembly import Loading
 from ..errors import UsageError
 from ..models import Precision
+from ..runtimes import Runtime
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -71,7 +72,18 @@ PreprocessOpt = Annotated[
     ),
 ]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
-PrecisionOpt = Annotated[Precision, typer.Option("--precision", help="auto: fp16 on CUDA, fp32 on the CPU.")]
+PrecisionOpt = Annotated[
+    Precision,
+    typer.Option("--precision", help="auto: fp16 on CUDA, fp32 on the CPU; int8: the CPU engine's int8 image tower."),
+]
+RuntimeOpt = Annotated[
+    Runtime | None,
+    typer.Option(
+        "--runtime",
+        help="Where the image tower runs: auto (ONNX Runtime on the CPU, torch on CUDA), torch or onnx "
+        "(exported once, cached). Env: ZEROSHOT_RUNTIME.",
+    ),
+]
 NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the text-embedding cache.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display on stderr.")]
 MaxBytesOpt = Annotated[
@@ -92,6 +104,20 @@ WorkersOpt = Annotated[
         "0: decode in the main process).",
     ),
 ]
+
+
+def model_choice(
+    model: str | None,
+    pretrained: str | None,
+    preprocess: str | None,
+    device: str,
+    precision: Precision,
+    runtime: Runtime | None,
+) -> ModelChoice:
+    """The model options every command shares, as one :class:`~zeroshot.assembly.ModelChoice`."""
+    from ..assembly import ModelChoice
+
+    return ModelChoice(model, pretrained, preprocess, device, precision.value, runtime.value if runtime else None)
 
 
 def prompt_set_from(
@@ -295,6 +321,18 @@ class CliLoading(Loading):
 
     def notes(self, notes: list[str]) -> None:
         say_notes(notes, self.quiet)
+
+    @contextlib.contextmanager
+    def engine(self, spec: ModelSpec, precision: str) -> Iterator[None]:
+        message = f"preparing the CPU engine for {spec.label} ({precision}), once"
+        if self.show:
+            with spinner(True, message):
+                yield
+            return
+        if not self.quiet:
+            sys.stderr.write(f"zeroshot: note: {message}\n")
+            sys.stderr.flush()
+        yield
 
     def prompts(self, total: int) -> Callable[[int], None] | None:
         if not self.show:

@@ -98,7 +98,7 @@ def classify_locally(run: ClassifyRun) -> tuple[int, int]:
     from ..classifier import remember_scoring
     from ..images import count_inputs, iter_inputs
     from ..output import FORMATS, RecordWriter, apply_min_score
-    from ..pipeline import ImageEncoder, cache_first, default_batch_size, encoded_records
+    from ..pipeline import ImageEncoder, cache_first, default_batch_size, default_workers, encoded_records
 
     if run.fmt not in FORMATS:
         raise UsageError(f"--format {run.fmt} needs --engine ray (the local engine writes {', '.join(FORMATS)})")
@@ -107,13 +107,13 @@ def classify_locally(run: ClassifyRun) -> tuple[int, int]:
     show = not run.quiet and sys.stderr.isatty()
     prepared = prepare_run(
         run.choice, run.prompt_set, classifier_file=run.classifier_file, use_cache=run.use_cache, quiet=run.quiet,
-        multi_label=run.multi_label, eager=not run.cache_images or run.classifier_file is not None,
+        multi_label=run.multi_label, eager=run.classifier_file is not None or _torch_first(run),
     )  # fmt: skip
-    text, rule, facts = prepared.text, prepared.rule, prepared.text.scoring
-    needs_model = prepared.is_loaded or (rule is not None and rule.kind != "calibrated")
-    model_free = run.cache_images and facts is not None and not needs_model
-    if not model_free and run.classifier_file is None:
-        remember_scoring(prepared.spec, text, prepared.loaded)  # the next --cache-images run may need no model
+    text, rule = prepared.text, prepared.rule
+    if text.scoring is None and run.classifier_file is None:
+        remember_scoring(prepared.spec, text, prepared.loaded)  # the next run may need no model (nor torch)
+    facts = text.scoring
+    model_free = run.cache_images and facts is not None and not prepared.is_loaded
     if manifest is not None:
         manifest.mark("ready")
     sheet = None
@@ -124,28 +124,29 @@ def classify_locally(run: ClassifyRun) -> tuple[int, int]:
             where.report, title=f"zeroshot classify: {text.prompt_set.name}",
             subtitle=f"model {prepared.spec.label} · {len(text.classes)} classes", max_pixels=run.decode.max_pixels,
         )  # fmt: skip
+    batch_size = run.batch_size or default_batch_size(prepared.device)
+    workers = run.decode.workers if run.decode.workers is not None else default_workers(prepared.device)
+    if not model_free:
+        prepared.image_tower(workers)  # before the cache opens: its key depends on the runtime
     image_cache = None
     if run.cache_images:
-        from ..imagecache import image_cache_key, open_image_cache
+        from ..imagecache import open_image_cache
 
-        if model_free:
-            assert facts is not None
-            image_cache = open_image_cache(facts["image_key"], facts["embed_dim"])
-        else:
-            image_cache = open_image_cache(image_cache_key(prepared.loaded), prepared.loaded.embed_dim)
-    batch_size = run.batch_size or default_batch_size(prepared.device)
+        dim = facts["embed_dim"] if facts is not None else prepared.loaded.embed_dim
+        image_cache = open_image_cache(prepared.embeddings_key(), dim)
 
     def encoder() -> ImageEncoder:
-        return ImageEncoder(prepared.loaded, batch_size=batch_size, image_cache=image_cache, options=run.decode)
+        return ImageEncoder(prepared.image_tower(workers), batch_size=batch_size, image_cache=image_cache,
+                            options=run.decode)  # fmt: skip
 
     # live: paths from stdin are handed on as they arrive, and a batch is finished early whenever
     # stdin has nothing more yet, so each record comes out while the producer is still writing.
     stream = iter_inputs(run.inputs, stdin=run.stdin, null=run.null, live=True)
-    if model_free and image_cache is not None and facts is not None:
+    if model_free and image_cache is not None:
         batches = cache_first(stream, image_cache, encoder, batch_size=batch_size, max_bytes=run.decode.max_bytes)
-        scale = facts["logit_scale"]
     else:
-        batches, scale = encoder().batches(stream), prepared.loaded.logit_scale
+        batches = encoder().batches(stream)
+    scale = prepared.logit_scale
     failed = total = 0
     steps = Steps(show, "classifying", "images")
     if "-" not in run.inputs:  # paths from stdin cannot be counted ahead
@@ -173,6 +174,27 @@ def classify_locally(run: ClassifyRun) -> tuple[int, int]:
     if manifest is not None:
         _finish_manifest(manifest, run, prepared, total, failed)
     return failed, total
+
+
+def _tower_used(prepared: Prepared) -> str:
+    """What the manifest says of the image tower: the one that ran, or why none did."""
+    if not prepared.towers:
+        return "not needed: every image embedding was cached"
+    tower = prepared.towers[0]
+    if tower.runtime == "onnx":
+        return f"ran in ONNX Runtime ({tower.precision})" + ("" if prepared.is_loaded else ", without torch")
+    return "ran"
+
+
+def _torch_first(run: ClassifyRun) -> bool:
+    """Whether to load the model before anything else: the torch runtime classifying images (not
+    only relabelling cached ones) needs it in any case."""
+    from ..models import resolve_device, resolve_precision
+    from ..runtimes import resolve_runtime
+
+    device = resolve_device(run.choice.device)
+    runtime = resolve_runtime(run.choice.runtime, device, resolve_precision(run.choice.precision, device))
+    return runtime == "torch" and not run.cache_images
 
 
 def _table_width(records: Destination | None) -> int | None:
@@ -215,7 +237,7 @@ def _finish_manifest(manifest: RunManifest, run: ClassifyRun, prepared: Prepared
         classifier_file=str(run.classifier_file.path) if run.classifier_file is not None else None,
         text_classifier="cache" if text.cache_hit and run.classifier_file is None else (
             "file" if run.classifier_file is not None else "built"),
-        image_tower="ran" if loaded is not None else "not needed: every image embedding was cached",
+        image_tower=_tower_used(prepared), runtime=prepared.towers[0].runtime if prepared.towers else None,
         top_k=run.top_k, multi_label=prepared.rule is not None, min_score=run.min_score,
     )  # fmt: skip
     if loaded is not None:

@@ -29,8 +29,9 @@ def classify_on_ray(run: ClassifyRun) -> tuple[int, int]:
     # The driver builds the text side only (on the CPU, fp32), loading the model only when the cache
     # misses or a background class is needed; Ray's actors load it where they run.
     prepared = prepare_run(
-        replace(run.choice, device="cpu", precision="fp32"), run.prompt_set, classifier_file=run.classifier_file,
-        multi_label=run.multi_label, use_cache=run.use_cache, eager=False, quiet=run.quiet,
+        replace(run.choice, device="cpu", precision="fp32", runtime="torch"), run.prompt_set,
+        classifier_file=run.classifier_file, multi_label=run.multi_label, use_cache=run.use_cache, eager=False,
+        quiet=run.quiet,
     )  # fmt: skip
     shared = SharedClassifier.build(prepared.spec, prepared.text, prepared.rule)
     d = run.decode
@@ -38,8 +39,8 @@ def classify_on_ray(run: ClassifyRun) -> tuple[int, int]:
         run.inputs, shared, str(run.output), fmt=run.fmt, address=run.ray.address, workers=d.workers or 1,
         gpus_per_worker=run.ray.gpus_per_worker, cpus_per_worker=run.ray.cpus_per_worker,
         batch_size=run.batch_size or 64, stdin=run.stdin, quiet=run.quiet, top_k=run.top_k,
-        precision=run.choice.precision, max_pixels=d.max_pixels, jpeg_draft=d.jpeg_draft, min_score=run.min_score,
-        null=run.null, max_bytes=d.max_bytes, timeout=d.timeout,
+        precision=run.choice.precision, runtime=run.choice.runtime, max_pixels=d.max_pixels,
+        jpeg_draft=d.jpeg_draft, min_score=run.min_score, null=run.null, max_bytes=d.max_bytes, timeout=d.timeout,
     )  # fmt: skip
     write_record(summary)
     return int(summary.get("errors") or 0), int(summary.get("records") or 0)

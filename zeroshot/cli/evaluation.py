@@ -26,11 +26,13 @@ from .common import (
     PreprocessOpt,
     PretrainedOpt,
     QuietOpt,
+    RuntimeOpt,
     Steps,
     TemplatesOpt,
     WorkersOpt,
     count_in_background,
     folder_prompt_set,
+    model_choice,
     output_destination,
     prepare_run,
     spinner,
@@ -54,6 +56,7 @@ def eval_cmd(
     preprocess: PreprocessOpt = None,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = Precision.AUTO,
+    runtime: RuntimeOpt = None,
     data_dir: Annotated[
         Path | None,
         typer.Option("--data-dir", help="Folder with the dataset's IDX files (default: Debian's location)."),
@@ -101,6 +104,7 @@ def eval_cmd(
     image could not be read (the record still covers the others).
     """
     from ..evaluate import evaluate_run
+    from ..pipeline import default_workers
 
     report_dest = output_destination("--report", report)
     calibrate_dest = output_destination("--calibrate", calibrate)
@@ -116,15 +120,15 @@ def eval_cmd(
         )
     prompt_set = folder_prompt_set(folder, dataset, labels, label, templates)
     show = not quiet and sys.stderr.isatty()
-    from ..assembly import ModelChoice
 
     prepared = prepare_run(
-        ModelChoice(model, pretrained, preprocess, device, precision.value),
+        model_choice(model, pretrained, preprocess, device, precision, runtime),
         prompt_set,
         use_cache=not no_cache,
         quiet=quiet,
     )
     loaded, text = prepared.loaded, prepared.text
+    tower = prepared.image_tower(workers if workers is not None else default_workers(prepared.device))
     with Steps(show, "evaluating", "images", _eval_total(folder, data_dir, split.value, limit)) as steps:
         if folder is not None:
             from ..evaluate import folder_items
@@ -136,8 +140,9 @@ def eval_cmd(
             count_in_background(steps, count)
         run = evaluate_run(
             loaded, text, folder=folder, idx_dir=data_dir, split=split.value, limit=limit,
-            batch_size=batch_size, workers=workers, max_bytes=max_bytes, progress=steps.advance,
+            batch_size=batch_size, workers=workers, max_bytes=max_bytes, progress=steps.advance, tower=tower,
         )  # fmt: skip
+    run.record.update(precision=prepared.precision, runtime=tower.runtime)
     record, failed = run.record, run.failed
     if shots is not None:
         from ..adapt import few_shot_eval
@@ -145,7 +150,7 @@ def eval_cmd(
         with spinner(show, f"adapting to {shots} examples per class, {seeds} draws"):
             record["few_shot"] = few_shot_eval(
                 loaded, text, run, shots, seeds, train=train, idx_dir=data_dir, batch_size=batch_size,
-                workers=workers, max_bytes=max_bytes,
+                workers=workers, max_bytes=max_bytes, tower=tower,
             )  # fmt: skip
     if calibrate_dest is not None:
         from ..calibration import calibrate_on

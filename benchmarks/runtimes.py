@@ -1,0 +1,165 @@
+"""The CPU engine against torch, all in one run: the bare image tower and ``classify`` end to end.
+
+For ViT-B-32, ViT-B-16 and ViT-B-16-SigLIP (random weights of the real architectures, published on
+the tests' stand-in Hugging Face Hub, downloaded through open_clip's real path):
+
+- the bare image tower on random pixels, batch 32 (16 for the /16 models): torch eager, ONNX
+  Runtime fp32 and ONNX Runtime int8, images/s and the ratio to torch;
+- ``zeroshot classify`` on 640x480 JPEGs with ``--runtime torch``, ``--runtime onnx`` and
+  ``--runtime onnx --precision int8`` (exports made beforehand, text classifier cached): images/s
+  from the run's own manifest (from "ready" to the end: decoding and the model, not start-up), and
+  the ratio to the bare ONNX Runtime session of the same precision;
+- how ONNX Runtime's threads share the cores with the decoding workers (``--workers``,
+  ``ZEROSHOT_ONNX_THREADS``), for ViT-B-32 fp32.
+
+The CPU's model name and flags come first: compare figures only within one run.
+
+    .venv/bin/python benchmarks/runtimes.py [--images 96] [--models ViT-B-32,ViT-B-16,ViT-B-16-SigLIP]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+from _common import DEFAULT_WORK, photo_jpegs, table  # noqa: E402
+
+ZEROSHOT = [sys.executable, "-m", "zeroshot"]
+HEADER = ["model", "what", "torch img/s", "onnx fp32", "onnx int8", "fp32 x torch", "int8 x torch",
+          "classify fp32 x bare", "classify int8 x bare"]  # fmt: skip
+TAGS = {"ViT-B-32": "openai", "ViT-B-16": "openai", "ViT-B-16-SigLIP": "webli"}
+
+
+def cpu() -> str:
+    """The CPU's model name and the flags that matter for these runtimes."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
+    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+    wanted = ["avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile", "amx_int8"]
+    have = [f for f in wanted if f in flags]
+    return (
+        f"CPU: {name}, {len(os.sched_getaffinity(0))} cores; flags: {' '.join(have) or 'none of ' + ', '.join(wanted)}"
+    )
+
+
+def publish(work: Path, models: list[str]) -> tuple[object, dict[str, str]]:
+    from tests.standin_hub import StandInHub, hub_env, publish_tag, publish_tokenizer
+
+    hub = StandInHub(work / "hub")
+    for name in models:
+        publish_tag(hub, name, TAGS[name])
+        publish_tokenizer(hub, name)
+    env = hub_env(hub, work / "hf")  # type: ignore[arg-type]
+    env["ZEROSHOT_CACHE_DIR"] = str(work / "cache")
+    return hub, env
+
+
+def bare(name: str, env: dict[str, str], batch: int, rounds: int = 3) -> dict[str, float]:
+    """The image tower alone, images/s: torch, ONNX Runtime fp32 and int8 (exports made by zeroshot)."""
+    code = f"""
+import json, os, statistics, time
+import numpy as np, torch
+from zeroshot.models import load_model, resolve_spec
+from zeroshot.onnxexport import tower_for
+from zeroshot.onnxexport import input_shape
+loaded = load_model(resolve_spec({name!r}, {TAGS[name]!r}))
+x = torch.randn(({batch}, *input_shape(loaded)))
+def rate(fn):
+    fn()
+    times = []
+    for _ in range({rounds}):
+        t = time.perf_counter(); fn(); times.append(time.perf_counter() - t)
+    return {batch} / statistics.median(times)
+out = {{}}
+with torch.inference_mode():
+    out["torch"] = rate(lambda: loaded.model.encode_image(x))
+for precision in ("fp32", "int8"):
+    tower, why = tower_for(loaded, precision)
+    assert tower is not None, why
+    xn = x.numpy()
+    out[precision] = rate(lambda: tower.session.run(None, {{tower.input_name: xn}}))
+print(json.dumps(out))
+"""
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(done.stderr[-3000:])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def classify(name: str, env: dict[str, str], images: Path, labels: Path, extra: list[str]) -> float:
+    """``classify`` over the folder, images/s from the manifest (ready -> total)."""
+    manifest = images.parent / "run.manifest.json"
+    cmd = [*ZEROSHOT, "classify", str(images), "-m", name, "-p", TAGS[name], "--labels", str(labels), "-q",
+           "-o", str(images.parent / "out.jsonl"), "--manifest", str(manifest), *extra]  # fmt: skip
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(done.stderr[-3000:])
+    m = json.loads(manifest.read_text())
+    n = m["records"]
+    return n / (m["seconds"]["total"] - m["seconds"]["ready"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=96)
+    parser.add_argument("--models", default=",".join(TAGS))
+    args = parser.parse_args()
+    models = [m for m in args.models.split(",") if m]
+    work = DEFAULT_WORK / "runtimes"
+    shutil.rmtree(work / "cache", ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
+    print(cpu())
+    import torch
+
+    print(f"torch {torch.__version__} ({torch.get_num_threads()} threads); ", end="")
+    import onnxruntime
+
+    print(f"onnxruntime {onnxruntime.__version__}")
+    hub, env = publish(work, models)
+    folder = work / "photos"
+    photo_jpegs(folder, args.images)
+    labels = work / "labels.txt"
+    labels.write_text("cat\ndog\ncar\ntree\nhouse\nperson\nbicycle\nboat\n")
+    rows = []
+    for name in models:
+        batch = 32 if name.endswith("32") else 16
+        tower = bare(name, env, batch)
+        runs = {}
+        for label, extra in (("torch", ["--runtime", "torch"]), ("fp32", ["--runtime", "onnx"]),
+                             ("int8", ["--runtime", "onnx", "--precision", "int8"])):  # fmt: skip
+            classify(name, env, folder, labels, extra)  # the export and the text classifier, once
+            runs[label] = classify(name, env, folder, labels, extra)
+        ratio = lambda a, b: f"{a / b:.2f}"  # noqa: E731
+        bare_row = [f"{tower[k]:.1f}" for k in ("torch", "fp32", "int8")]
+        rows.append([f"{name} (batch {batch})", "bare tower", *bare_row, ratio(tower["fp32"], tower["torch"]),
+                     ratio(tower["int8"], tower["torch"]), "-", "-"])  # fmt: skip
+        run_row = [f"{runs[k]:.1f}" for k in ("torch", "fp32", "int8")]
+        rows.append([name, f"classify, {args.images} JPEGs", *run_row, ratio(runs["fp32"], runs["torch"]),
+                     ratio(runs["int8"], runs["torch"]), ratio(runs["fp32"], tower["fp32"]),
+                     ratio(runs["int8"], tower["int8"])])  # fmt: skip
+        print(table(rows[-2:], HEADER), flush=True)
+    print()
+    print(table(rows, HEADER))
+    if "ViT-B-32" in models:
+        split = []
+        for workers in (1, 2):
+            for threads in (1, 2):
+                e = {**env, "ZEROSHOT_ONNX_THREADS": str(threads)}
+                rate = classify("ViT-B-32", e, folder, labels, ["--runtime", "onnx", "--workers", str(workers)])
+                split.append([str(workers), str(threads), f"{rate:.1f}"])
+        print("\nViT-B-32 fp32, decoding workers and ONNX Runtime threads:")
+        print(table(split, ["--workers", "ZEROSHOT_ONNX_THREADS", "classify img/s"]))
+    del hub
+
+
+if __name__ == "__main__":
+    main()

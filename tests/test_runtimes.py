@@ -1,0 +1,142 @@
+"""The CPU engine: the image tower exported to ONNX once, run by ONNX Runtime, fp32 and int8; the
+same records as torch; no torch import once the export and the text classifier are cached."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import zeroshot
+from zeroshot.cli import app
+from zeroshot.models import BUNDLED_NAME
+
+from .conftest import ARCH, make_image
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "fashion"
+ZEROSHOT = str(Path(sys.executable).with_name("zeroshot"))
+FASHION = ["-m", BUNDLED_NAME, "--dataset", "fashion-mnist", "-k", "3", "-q"]
+
+
+@pytest.fixture(scope="module")
+def many(tmp_path_factory):
+    """35 images of varied sizes: batches of 1, 3 and 32 all cut them differently."""
+    folder = tmp_path_factory.mktemp("many")
+    for i in range(35):
+        make_image(folder / f"{i:02d}.png", 200 + i, (60 + 7 * i, 90 - i))
+    return sorted(str(p) for p in folder.iterdir())
+
+
+def by_path(records):
+    return {r["path"]: r for r in records}
+
+
+def assert_close(a: list[dict], b: list[dict], tol: float) -> float:
+    """The same labels in the same order, every probability within ``tol``; the worst difference."""
+    assert [r["path"] for r in a] == [r["path"] for r in b]
+    worst = 0.0
+    for x, y in zip(a, b, strict=True):
+        assert [t["label"] for t in x["top_k"]] == [t["label"] for t in y["top_k"]], (x, y)
+        worst = max(worst, *(abs(s["score"] - t["score"]) for s, t in zip(x["top_k"], y["top_k"], strict=True)))
+    assert worst <= tol, worst
+    return worst
+
+
+def test_onnx_records_equal_torch_at_batch_sizes_1_3_and_32(checkpoint, many):
+    labels = ["red fox", "tabby cat", "sports car", "hot air balloon"]
+    torch_zs = zeroshot.Zeroshot(model=ARCH, pretrained=str(checkpoint), device="cpu", runtime="torch")
+    onnx_zs = zeroshot.Zeroshot(model=ARCH, pretrained=str(checkpoint), device="cpu", runtime="onnx")
+    text = torch_zs.text_classifier(zeroshot.resolve_prompt_set(labels=labels))
+    reference = list(torch_zs.classify(many, text, top_k=4, workers=0, batch_size=32))
+    assert onnx_zs.image_tower().runtime == "onnx" and torch_zs.image_tower().runtime == "torch"
+    for batch_size in (1, 3, 32):
+        got = list(onnx_zs.classify(many, text, top_k=4, workers=0, batch_size=batch_size))
+        assert_close(got, reference, 1e-4)
+    # The comparison can fail: the probabilities spread far wider than the tolerance.
+    assert max(r["score"] - r["top_k"][-1]["score"] for r in reference) > 0.05
+    # The text tower in ONNX Runtime (batches cut to their longest prompt) builds the same classifier,
+    # with templates and with classes prompted their own way.
+    import numpy as np
+
+    for prompt_set in (zeroshot.resolve_prompt_set(labels=labels, dataset="cifar10"),
+                       zeroshot.load_pack("fer2013")):  # fmt: skip
+        by_torch = torch_zs.text_classifier(prompt_set, use_cache=False).weights
+        by_onnx = onnx_zs.text_classifier(prompt_set, use_cache=False).weights
+        assert 0 < np.abs(by_torch - by_onnx).max() <= 1e-5
+
+
+def test_cached_engine_runs_without_torch_in_a_fresh_process(tmp_path):
+    """The first run exports (a note on stderr); the next imports neither torch nor open_clip and
+    gives the torch runtime's records to 1e-4."""
+    env = {"ZEROSHOT_CACHE_DIR": str(tmp_path / "cache"), "ZEROSHOT_RUNTIME": "", "PATH": "/usr/bin:/bin"}
+    pictures = [str(p) for p in sorted(EXAMPLES.glob("*.png"))[:6]]
+    first = subprocess.run([ZEROSHOT, "classify", *pictures, *FASHION[:-1]], capture_output=True, text=True,
+                           env=env, timeout=300)  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    assert "preparing the CPU engine for fashion-mini" in first.stderr
+    probe = (
+        "import sys\n"
+        "sys.argv = ['zeroshot', 'classify', *sys.argv[1:]]\n"
+        "from zeroshot.cli import main\n"
+        "try:\n    main()\nexcept SystemExit as e:\n    code = e.code\n"
+        "sys.stdout.flush()\n"
+        "print(json.dumps({'code': code, 'torch': 'torch' in sys.modules, 'open_clip': 'open_clip' in sys.modules}),"
+        " file=sys.stderr)\n"
+    ).replace("import sys\n", "import json, sys\n")
+    second = subprocess.run([sys.executable, "-c", probe, *pictures, *FASHION], capture_output=True, text=True,
+                            env=env, timeout=300)  # fmt: skip
+    facts = json.loads(second.stderr.strip().splitlines()[-1])
+    assert facts == {"code": 0, "torch": False, "open_clip": False}, second.stderr
+    records = [json.loads(line) for line in second.stdout.splitlines()]
+    torch_run = CliRunner().invoke(app, ["classify", *pictures, *FASHION, "--runtime", "torch", "--no-cache"])
+    assert_close(records, [json.loads(line) for line in torch_run.stdout.splitlines()], 1e-4)
+    assert records == [json.loads(line) for line in first.stdout.splitlines()]
+
+
+def test_int8_is_its_own_engine_close_to_fp32_and_only_on_onnx(tmp_path):
+    pictures = [str(p) for p in sorted(EXAMPLES.glob("*.png"))]
+    fp32 = CliRunner().invoke(app, ["classify", *pictures, *FASHION, "--runtime", "onnx"])
+    int8 = CliRunner().invoke(app, ["classify", *pictures, *FASHION, "--precision", "int8", "--runtime", "auto",
+                                    "--manifest", str(tmp_path / "m.json")])  # fmt: skip
+    assert fp32.exit_code == int8.exit_code == 0, int8.stderr
+    a = [json.loads(line) for line in fp32.stdout.splitlines()]
+    b = [json.loads(line) for line in int8.stdout.splitlines()]
+    same = sum(x["label"] == y["label"] for x, y in zip(a, b, strict=True))
+    assert same >= len(a) - 2 and a != b  # close, and really another engine
+    manifest = json.loads((tmp_path / "m.json").read_text())
+    assert manifest["precision"] == "int8" and manifest["image_tower"].startswith("ran in ONNX Runtime (int8)")
+    engines = [json.loads(p.read_text())["precision"] for p in (tmp_path / "cache" / "onnx").glob("*/meta.json")
+               if (p.parent / "image.onnx").is_file()]  # fmt: skip
+    assert sorted(engines) == ["fp32", "int8"]  # int8 quantized from the fp32 export, each cached
+    assert len(list((tmp_path / "cache" / "onnx").glob("*/text.onnx"))) == 1  # and the text tower, once
+    refused = CliRunner().invoke(app, ["classify", pictures[0], *FASHION, "--precision", "int8", "--runtime", "torch"])
+    assert refused.exit_code == 2 and "--precision int8 is ONNX Runtime's" in refused.stderr
+    bad = CliRunner().invoke(app, ["classify", pictures[0], *FASHION], env={"ZEROSHOT_RUNTIME": "tensorrt"})
+    assert bad.exit_code == 2 and "--runtime tensorrt: expected auto, torch, onnx" in bad.stderr
+    cleared = CliRunner().invoke(app, ["cache", "clear"])
+    assert cleared.exit_code == 0 and not list((tmp_path / "cache" / "onnx").rglob("*"))
+
+
+def test_a_tower_that_cannot_be_exported_runs_on_torch_and_says_why(monkeypatch, tmp_path):
+    from zeroshot import onnxexport
+
+    calls = []
+
+    def refuse(loaded, path):
+        calls.append(path)
+        raise RuntimeError("Unsupported: ONNX export of operator fancy_attention")
+
+    monkeypatch.setattr(onnxexport, "_export", refuse)
+    picture = str(sorted(EXAMPLES.glob("*.png"))[0])
+    for _ in range(2):
+        result = CliRunner().invoke(app, ["classify", picture, *FASHION[:-1], "--runtime", "onnx", "--manifest",
+                                          str(tmp_path / "m.json")])  # fmt: skip
+        assert result.exit_code == 0, result.stderr
+        assert ("runs on torch, not ONNX Runtime: its image tower could not be exported to ONNX (Unsupported: ONNX "
+                "export of operator fancy_attention)") in result.stderr  # fmt: skip
+        assert json.loads((tmp_path / "m.json").read_text())["runtime"] == "torch"
+    assert len(calls) == 1  # the reason is remembered: no second attempt
