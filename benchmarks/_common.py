@@ -59,12 +59,22 @@ def random_checkpoint(work: Path, arch: str = "ViT-B-32") -> Path:
     return path
 
 
+def cpu() -> str:
+    """The CPU's model name and the flags that decide its speed: compare figures only within a run."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
+    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+    wanted = ["avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile", "amx_int8"]
+    have = [f for f in wanted if f in flags]
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"CPU: {name}, {cores} cores; flags: {' '.join(have) or 'none of ' + ', '.join(wanted)}"
+
+
 def machine() -> str:
     import torch
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{platform.machine()}, {cores} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), {gpu}"
+    return f"{cpu()}; {platform.machine()}, torch {torch.__version__} ({torch.get_num_threads()} threads), {gpu}"
 
 
 class Timer:

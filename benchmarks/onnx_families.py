@@ -27,8 +27,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from _common import DEFAULT_WORK, table  # noqa: E402
-from runtimes import cpu  # noqa: E402
+from _common import DEFAULT_WORK, cpu, table  # noqa: E402
 
 ZEROSHOT = str(Path(sys.executable).with_name("zeroshot"))
 LABELS = ["cat", "dog", "car", "tree"]
@@ -92,7 +91,7 @@ def main() -> None:
         env["ZEROSHOT_CACHE_DIR"] = str(work / "cache")
         reference, err, t_torch = run(env, pictures, name, tag, "--runtime", "torch", "-b", "32")
         if not reference:
-            rows.append([family, name, f"torch run failed: {err[:80]}", "", "", "", "", ""])
+            rows.append([family, name, f"torch run failed: {err[:80]}", "", "", "", "", "", ""])
             continue
         cells, engine, exported = [], "onnx", ""
         for batch in ("1", "3", "32"):
@@ -109,7 +108,8 @@ def main() -> None:
         metas = [json.loads(p.read_text()) for p in (work / "cache" / "onnx").glob("*/meta.json")]
         check = [m for m in metas if name in m["key"] and '"onnx-image-tower"' in m["key"]]
         checked = f"cos {check[0]['min_cosine']:.7f}" if check else "-"
-        rows.append([family, f"{name} ({tag})", engine, checked, *cells, exported])
+        spread = max(r["top_k"][0]["score"] - r["top_k"][-1]["score"] for r in reference)  # can it fail?
+        rows.append([family, f"{name} ({tag})", engine, checked, f"{spread:.2f}", *cells, exported])
         print(table(rows[-1:], HEADER), flush=True)
         shutil.rmtree(work / "cache" / "onnx", ignore_errors=True)  # gigabytes for the big ones
         shutil.rmtree(work / "hf", ignore_errors=True)
@@ -120,7 +120,8 @@ def main() -> None:
     os._exit(0)
 
 
-HEADER = ["family", "model", "image tower runs on", "export check", "max |dp| b1", "b3", "b32", "first onnx run"]
+HEADER = ["family", "model", "image tower runs on", "export check", "p spread", "max |dp| b1", "b3", "b32",
+          "first onnx run"]  # fmt: skip
 
 if __name__ == "__main__":
     main()

@@ -21,34 +21,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from _common import DEFAULT_WORK, photo_jpegs, table  # noqa: E402
+from _common import DEFAULT_WORK, cpu, photo_jpegs, table  # noqa: E402
 
 ZEROSHOT = [sys.executable, "-m", "zeroshot"]
 HEADER = ["model", "what", "torch img/s", "onnx fp32", "onnx int8", "fp32 x torch", "int8 x torch",
           "classify fp32 x bare", "classify int8 x bare"]  # fmt: skip
 TAGS = {"ViT-B-32": "openai", "ViT-B-16": "openai", "ViT-B-16-SigLIP": "webli"}
-
-
-def cpu() -> str:
-    """The CPU's model name and the flags that matter for these runtimes."""
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
-    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
-    wanted = ["avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile", "amx_int8"]
-    have = [f for f in wanted if f in flags]
-    return (
-        f"CPU: {name}, {len(os.sched_getaffinity(0))} cores; flags: {' '.join(have) or 'none of ' + ', '.join(wanted)}"
-    )
 
 
 def publish(work: Path, models: list[str]) -> tuple[object, dict[str, str]]:
@@ -108,10 +96,63 @@ def classify(name: str, env: dict[str, str], images: Path, labels: Path, extra: 
     return n / (m["seconds"]["total"] - m["seconds"]["ready"])
 
 
+def accuracy(env: dict[str, str]) -> None:
+    """``eval`` on the 10,000 Fashion-MNIST test images with fashion-mini: torch, onnx fp32, int8."""
+    rows = []
+    for label, extra in (("torch fp32", ["--runtime", "torch"]), ("onnx fp32", ["--runtime", "onnx"]),
+                         ("onnx int8", ["--runtime", "onnx", "--precision", "int8"])):  # fmt: skip
+        cmd = [*ZEROSHOT, "eval", "--dataset", "fashion-mnist", "-m", "fashion-mini", "-q", *extra]
+        subprocess.run(cmd, env=env, capture_output=True, text=True)  # exports, text classifier: once
+        began = time.perf_counter()
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        took = time.perf_counter() - began
+        if done.returncode != 0:
+            raise SystemExit(done.stderr[-2000:])
+        rec = json.loads(done.stdout)
+        rows.append([label, str(rec["images"]), f"{100 * rec['top1']:.2f}", f"{100 * rec['top5']:.2f}",
+                     f"{100 * rec['mean_per_class_recall']:.2f}", f"{took:.1f}"])  # fmt: skip
+    print("\nfashion-mini on the Fashion-MNIST test split (zeroshot eval --dataset fashion-mnist):")
+    print(table(rows, ["engine", "images", "top-1 %", "top-5 %", "mean recall %", "seconds (run)"]), flush=True)
+
+
+def text_side(env: dict[str, str], work: Path, classes: int) -> None:
+    """``build-prompts --dataset imagenet`` (80 templates x ``classes`` classes) for ViT-B-32 with
+    the torch text tower (prefix sharing, trimmed batches) and ONNX Runtime's (trimmed batches):
+    seconds, and the largest difference between the two classifiers."""
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    from zeroshot.prompts import load_pack
+
+    labels = work / "imagenet-classes.txt"
+    labels.write_text("\n".join(load_pack("imagenet").classes[:classes]) + "\n")
+    rows, weights = [], {}
+    for runtime in ("torch", "onnx"):
+        out = work / f"imagenet-{runtime}.safetensors"
+        cmd = [*ZEROSHOT, "build-prompts", "--dataset", "imagenet", "--labels", str(labels), "-m", "ViT-B-32", "-p",
+               "openai", "--runtime", runtime, "--force", "-q", "-o", str(out)]  # fmt: skip
+        if runtime == "onnx":  # the text tower's export, once, outside the timing
+            warm = [*ZEROSHOT, "build-prompts", "--label", "x", "-m", "ViT-B-32", "-p", "openai", "--runtime", "onnx"]
+            subprocess.run(warm, env=env, capture_output=True)
+        began = time.perf_counter()
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        took = time.perf_counter() - began
+        if done.returncode != 0:
+            raise SystemExit(done.stderr[-2000:])
+        weights[runtime] = load_file(str(out))["weights"]
+        rows.append([runtime, str(80 * classes), f"{took:.1f}", f"{80 * classes / took:.1f}"])
+    diff = float(np.abs(weights["torch"] - weights["onnx"]).max())
+    print(f"\nbuild-prompts --dataset imagenet ({classes} classes), ViT-B-32 text tower; max |difference| {diff:.1e}:")
+    print(table(rows, ["text tower", "prompts", "seconds (run)", "prompts/s"]), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=96)
     parser.add_argument("--models", default=",".join(TAGS))
+    parser.add_argument("--no-eval", dest="eval", action="store_false", help="skip the Fashion-MNIST accuracy runs")
+    parser.add_argument("--text-classes", type=int, default=1000,
+                        help="ImageNet classes for the text-tower timing (0: skip; 1000: the whole pack)")  # fmt: skip
     args = parser.parse_args()
     models = [m for m in args.models.split(",") if m]
     work = DEFAULT_WORK / "runtimes"
@@ -149,6 +190,10 @@ def main() -> None:
         print(table(rows[-2:], HEADER), flush=True)
     print()
     print(table(rows, HEADER))
+    if args.eval:
+        accuracy(env)
+    if args.text_classes:
+        text_side(env, work, args.text_classes)
     if "ViT-B-32" in models:
         split = []
         for workers in (1, 2):

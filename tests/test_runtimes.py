@@ -78,6 +78,8 @@ def test_cached_engine_runs_without_torch_in_a_fresh_process(tmp_path):
                            env=env, timeout=300)  # fmt: skip
     assert first.returncode == 0, first.stderr
     assert "preparing the CPU engine for fashion-mini" in first.stderr
+    exported = sorted(p.name for p in (tmp_path / "cache" / "onnx").glob("*/*.onnx"))
+    assert exported == ["image.onnx"]  # auto builds text on torch: no text tower exported
     probe = (
         "import sys\n"
         "sys.argv = ['zeroshot', 'classify', *sys.argv[1:]]\n"

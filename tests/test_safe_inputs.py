@@ -393,6 +393,21 @@ def test_read_only_cache_folder_still_classifies(tmp_path, image_dir, monkeypatc
     assert len(warnings) == 1 and "cannot write to the cache" in warnings[0], err
 
 
+def test_read_only_cache_keeps_the_cpu_engine_for_the_run(tmp_path, image_dir, monkeypatch, fresh_warning):
+    """With ONNX Runtime, an unwritable cache costs the next run the export, not this run its engine
+    (made outside the cache, held in memory): the records are the writable cache's, one warning."""
+    monkeypatch.setenv("ZEROSHOT_RUNTIME", "onnx")
+    images = sorted(image_dir.iterdir())
+    want = records_of(invoke("classify", *images, *MODEL, "-k", "2").stdout)
+    with read_only_folder(tmp_path / "ro") as folder:
+        code, records, err = run_with_cache(folder / "cache", images, monkeypatch)
+        assert not any(folder.iterdir())
+    assert code == 0 and records == want, err
+    assert "runs on torch" not in err
+    warnings = [line for line in err.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "cannot write to the cache" in warnings[0], err
+
+
 def test_full_disk_cache_still_classifies_and_leaves_nothing_half_written(tmp_path, image_dir, monkeypatch,
                                                                           fresh_warning):  # fmt: skip
     images = sorted(image_dir.iterdir())

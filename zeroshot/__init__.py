@@ -52,11 +52,12 @@ class Zeroshot:
         preprocess: str | None = None,
         runtime: str | None = None,
     ) -> None:
-        """``runtime``: where the image tower runs, as ``--runtime`` (auto: ONNX Runtime on the CPU,
-        exported on first use and cached; torch on CUDA; None: ``ZEROSHOT_RUNTIME``, else auto)."""
+        """``runtime``: where the towers run, as ``--runtime`` (auto: the image tower on ONNX Runtime
+        on the CPU, exported on first use and cached, text on torch; onnx: both towers on ONNX Runtime;
+        torch; None: ``ZEROSHOT_RUNTIME``, else auto)."""
         from .assembly import ModelChoice, prepare_model
         from .models import resolve_precision
-        from .runtimes import resolve_runtime
+        from .runtimes import resolve_runtime, text_runtime
 
         self.choice = ModelChoice(model, pretrained, preprocess, device, precision, runtime)
         self.loaded = prepare_model(self.choice)
@@ -64,7 +65,7 @@ class Zeroshot:
         self.precision = resolve_precision(precision, self.device)  # int8: the image tower's, in ONNX Runtime
         self.runtime = resolve_runtime(runtime, self.device, self.precision)
         self._towers: list[Any] = []
-        if self.runtime == "onnx":  # text classifiers are then built by the text tower in ONNX Runtime
+        if text_runtime(runtime, self.runtime) == "onnx":  # text classifiers built in ONNX Runtime too
             from .assembly import Loading, text_engine_for
 
             self.loaded.text_engine = text_engine_for(self.loaded, Loading())

@@ -297,7 +297,7 @@ def prepare(
     rebuilds a cached text classifier."""
     from .classifier import get_text_classifier, resolve_multilabel
     from .models import resolve_device, resolve_precision
-    from .runtimes import resolve_runtime
+    from .runtimes import resolve_runtime, text_runtime
 
     if (prompt_set is None) == (classifier_file is None):
         raise ValueError("prepare needs a prompt set or a classifier file, not both")
@@ -312,7 +312,7 @@ def prepare(
     def load() -> LoadedModel:
         if not box:
             box.append(_load(spec, device, loads_at, loading))
-            if runtime == "onnx":
+            if text_runtime(choice.runtime, runtime) == "onnx":
                 box[0].text_engine = text_engine_for(box[0], loading)
         return box[0]
 

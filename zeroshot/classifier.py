@@ -137,13 +137,15 @@ def encode_texts(
     import torch
     import torch.nn.functional as F
 
+    from .runtimes import exact_fp32
+
     model = loaded.model
     trim = (trimmable(model) if trim is None else trim) or engine is not None
     tokens = tokenize(loaded, texts)
     order = torch.argsort((tokens != 0).sum(dim=1), stable=True) if trim else torch.arange(len(texts))
     out = torch.empty(len(texts), 0)
     chunks = []
-    with torch.inference_mode():
+    with torch.inference_mode(), exact_fp32(loaded.device, loaded.precision):
         for start in range(0, len(texts), batch_size):
             batch = tokens[order[start : start + batch_size]].to(loaded.device)
             if engine is not None:

@@ -114,8 +114,6 @@ def classify_locally(run: ClassifyRun) -> tuple[int, int]:
         remember_scoring(prepared.spec, text, prepared.loaded)  # the next run may need no model (nor torch)
     facts = text.scoring
     model_free = run.cache_images and facts is not None and not prepared.is_loaded
-    if manifest is not None:
-        manifest.mark("ready")
     sheet = None
     if where.report is not None:
         from ..report import ContactSheet
@@ -128,6 +126,8 @@ def classify_locally(run: ClassifyRun) -> tuple[int, int]:
     workers = run.decode.workers if run.decode.workers is not None else default_workers(prepared.device)
     if not model_free:
         prepared.image_tower(workers)  # before the cache opens: its key depends on the runtime
+    if manifest is not None:
+        manifest.mark("ready")  # the model (or its engine) and the text side
     image_cache = None
     if run.cache_images:
         from ..imagecache import open_image_cache
