@@ -102,7 +102,7 @@ def test_table_prints_markup_in_names_as_written(tmp_path, monkeypatch):
     assert "[red]x [bold].png" in out  # rich would otherwise swallow it as markup
 
 
-def test_interrupted_run_leaves_no_half_file(tmp_path):
+def test_interrupted_run_leaves_no_half_file_and_keeps_its_records_beside_it(tmp_path):
     folder = tmp_path / "many"
     folder.mkdir()
     rng = np.random.default_rng(0)
@@ -114,8 +114,9 @@ def test_interrupted_run_leaves_no_half_file(tmp_path):
     args = [sys.executable, "-m", "zeroshot", "classify", str(folder), *BASE, "-f", "csv", "-o", str(target),
             "--workers", "1"]  # fmt: skip
     proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
-    for _ in range(600):  # wait until records are being written (its temporary file has grown)
-        if any(p.name.endswith(".tmp") and p.stat().st_size > 0 for p in target.parent.iterdir()):
+    side = target.with_name("out.csv.partial")
+    for _ in range(600):  # wait until records are being written (the side file has grown)
+        if side.exists() and side.stat().st_size > 0:
             break
         assert proc.poll() is None
         time.sleep(0.05)
@@ -123,7 +124,9 @@ def test_interrupted_run_leaves_no_half_file(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "Traceback" not in err
     assert target.read_text() == "old contents\n"  # the old file untouched
-    assert [p.name for p in target.parent.iterdir()] == ["out.csv"]  # no temporary file left
+    # What was made is kept for --resume (tests/test_resume.py), and nothing else is left.
+    assert sorted(p.name for p in target.parent.iterdir()) == ["out.csv", "out.csv.partial", "out.csv.partial.json"]
+    assert side.read_text().startswith("path,label,score,error,top_k\n") and "records kept in" in err
 
 
 def table_of(records, tmp_path, *, width=None, multi_label=False) -> str:

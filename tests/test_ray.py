@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -226,3 +227,52 @@ def test_a_file_that_crashes_the_decoder_costs_only_its_record(folder, checkpoin
     assert [r["path"] for r in recs] == paths
     assert recs[1] == {"path": str(boom), "error": "the image decoder crashed on this file"}
     assert [recs[0], recs[2], recs[3]] == plain
+
+
+def _descendants(root: int) -> list[int]:
+    """Every process under ``root`` (a local Ray's raylet, its workers, whatever session they chose)."""
+    ps = subprocess.run(["ps", "-eo", "pid,ppid"], capture_output=True, text=True).stdout
+    children: dict[int, list[int]] = {}
+    for line in ps.splitlines()[1:]:
+        pid, ppid = map(int, line.split())
+        children.setdefault(ppid, []).append(pid)
+    found, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+@pytest.mark.slow
+def test_a_killed_driver_resumed_gives_every_record_once(ray_installed, folder, checkpoint, tmp_path):
+    """SIGKILL the driver and every process of its local Ray once the first block file is written
+    (a machine that went away); the same command with --resume classifies only what has no record,
+    and the folder ends with the uninterrupted run's records, none missing, none twice."""
+    from zeroshot.distributed import iter_records
+
+    common = [folder, *LABELS, "-m", ARCH, "-p", checkpoint, "-k", "3", "-q"]
+    ref = local_records(*common)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "zeroshot", "classify", *map(str, common), "--engine", "ray", "--workers", "1",
+           "-b", "2", "-o", str(out)]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None and not any(f.stat().st_size for f in out.glob("*.jsonl")):
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    for pid in [proc.pid, *_descendants(proc.pid)]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, 9)
+    proc.wait()
+    kept = len(list(iter_records(out)))
+    assert 0 < kept < len(ref)
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 2 and "add --resume to go on" in again.stderr  # never mixed in silently
+    resumed = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 1, resumed.stderr[-3000:]  # the broken and empty inputs
+    summary = json.loads(resumed.stdout)
+    assert summary["resumed_after"] == kept and summary["records"] == len(ref)
+    rows = list(iter_records(out))
+    assert len(rows) == len(ref)  # nothing twice
+    assert_same({r["path"]: r for r in rows}, ref)  # nothing missing, the same records

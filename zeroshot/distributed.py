@@ -265,9 +265,17 @@ def has_scheme(value: str) -> bool:
     return bool(sep) and head.isascii() and head.replace("+", "").isalnum() and len(head) > 1
 
 
-def input_dataset(inputs: Sequence[str], *, stdin: Any = None, blocks: int | None = None, null: bool = False) -> Any:
+def input_dataset(
+    inputs: Sequence[str],
+    *,
+    stdin: Any = None,
+    blocks: int | None = None,
+    null: bool = False,
+    done: set[str] | frozenset[str] = frozenset(),
+) -> Any:
     """A Ray dataset of the inputs: local paths expanded as the CLI does (``path``, ``error``), or,
-    for URIs, Ray's binary reader over image files (``path``, ``bytes``). Not both kinds at once."""
+    for URIs, Ray's binary reader over image files (``path``, ``bytes``). Not both kinds at once.
+    ``done``: paths a resumed run has records of already, left out (None when nothing is left)."""
     ray = require_ray()
     from .images import IMAGE_EXTENSIONS, iter_inputs
 
@@ -276,11 +284,15 @@ def input_dataset(inputs: Sequence[str], *, stdin: Any = None, blocks: int | Non
         raise UsageError("give either local paths or URIs (s3://...) to --engine ray, not both")
     if remote:
         exts = sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS)
-        return ray.data.read_binary_files(list(remote), include_paths=True, file_extensions=exts)
+        ds = ray.data.read_binary_files(list(remote), include_paths=True, file_extensions=exts)
+        return ds.filter(lambda row: row["path"] not in done) if done else ds
     # "" for no error: a column of only None would reach the batches as NaN floats.
     items = [{"path": inp.path, "error": inp.error or ""} for inp in iter_inputs(inputs, stdin=stdin, null=null)]
     if not items:
         raise UsageError("no inputs")
+    items = [item for item in items if item["path"] not in done]
+    if not items:
+        return None
     return ray.data.from_items(items, override_num_blocks=blocks or min(len(items), 200))
 
 
@@ -353,28 +365,39 @@ def run(
     stdin: Any = None,
     null: bool = False,
     quiet: bool = False,
+    resume: bool = False,
     **options: Any,
 ) -> dict[str, Any]:
     """Classify ``inputs`` on Ray and write the records to the ``output`` folder; returns a summary.
 
     Joins the Ray at ``address`` (or the one this process already has, or starts a local one, which
-    it shuts down again at the end).
+    it shuts down again at the end). ``resume``: go on with an interrupted run into the same
+    folder, classifying only the inputs it has no record of (a local folder holding records is
+    refused without it).
     """
     ray = require_ray()
     if fmt not in OUTPUT_FORMATS:
         raise UsageError(f"--format with --engine ray must be one of {', '.join(OUTPUT_FORMATS)}, not {fmt!r}")
+    if resume and has_scheme(output):
+        raise UsageError("--resume with --engine ray needs a local --output folder")
+    from .resume import folder_progress
+
+    done = set() if has_scheme(output) else folder_progress(Path(output), fmt, resume)
     start = time.perf_counter()
     # Ray prints worker deaths and logs on stdout; ours carries the summary.
     with _stdout_to_stderr(), _ray_session(ray, address, quiet):
         ray.data.DataContext.get_current().enable_progress_bars = not quiet
-        ds = classify_dataset(input_dataset(inputs, stdin=stdin, null=null), classifier, workers=workers,
-                              gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker,
-                              batch_size=batch_size, **options)  # fmt: skip
-        if fmt == "parquet":
-            ds.drop_columns(["record"]).write_parquet(output)
-        else:
-            ds.write_datasink(_jsonl_datasink(output))
+        todo = input_dataset(inputs, stdin=stdin, null=null, done=done)
+        if todo is not None:
+            ds = classify_dataset(todo, classifier, workers=workers, gpus_per_worker=gpus_per_worker,
+                                  cpus_per_worker=cpus_per_worker, batch_size=batch_size, **options)  # fmt: skip
+            if fmt == "parquet":
+                ds.drop_columns(["record"]).write_parquet(output)
+            else:
+                ds.write_datasink(_jsonl_datasink(output))
     summary: dict[str, Any] = {"engine": "ray", "output": output, "format": fmt, "workers": workers}
+    if done:
+        summary["resumed_after"] = len(done)
     if not has_scheme(output):
         summary["records"], summary["errors"] = count_output(output, fmt)
     summary["seconds"] = round(time.perf_counter() - start, 3)

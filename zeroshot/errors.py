@@ -6,6 +6,10 @@ stderr and exits with ``error.exit_code``.
 
 from __future__ import annotations
 
+# What a command that fails or is interrupted kept, said on its one error line ("1,870 records kept
+# in out.jsonl.partial: ..."): added by the code that kept it, printed by the CLI's error handler.
+AFTERWORDS: list[str] = []
+
 
 class ZeroshotError(Exception):
     """Base class: a failure the user can act on. Exit code 1 (runtime failure)."""

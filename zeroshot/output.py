@@ -15,12 +15,13 @@ import io
 import json
 import sys
 from enum import Enum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .ranking import Record
 
 if TYPE_CHECKING:
     from .files import Destination
+    from .resume import PartialOutput
 
 
 class Format(str, Enum):
@@ -54,8 +55,16 @@ class RecordWriter:
     """Writes records in one format to a :class:`~zeroshot.files.Destination` or to stdout."""
 
     def __init__(
-        self, fmt: str, dest: Destination | None = None, *, multi_label: bool = False, width: int | None = None
+        self,
+        fmt: str,
+        dest: Destination | None = None,
+        *,
+        multi_label: bool = False,
+        width: int | None = None,
+        partial: PartialOutput | None = None,
     ) -> None:
+        """``partial``: a regular FILE's side file (:mod:`zeroshot.resume`): records are held per
+        batch and appended at :meth:`batch_done`; a resumed one goes on after the records it holds."""
         if fmt not in FORMATS:
             from .errors import UsageError
 
@@ -66,14 +75,22 @@ class RecordWriter:
         self.count = 0
         self.rows: list[Record] = []
         self.file = None
-        if dest is not None and not dest.stdout:
+        self.dest = dest
+        self.partial = partial
+        self.held = bytearray()  # this batch's bytes, for the side file
+        self.held_paths: list[str] = []
+        self.held_errors = 0
+        self.out = sys.stdout.buffer
+        self.flush_each = True
+        if partial is not None:  # bytes are held per batch (_emit), then go to the side file
+            self.flush_each = False
+            self.count = partial.records
+            self.rows = [cast(Record, r) for r in partial.kept]
+        elif dest is not None and not dest.stdout:
             self.file = dest.open()
             self.out = self.file.stream
             self.flush_each = self.file.flush_each
-        else:
-            self.out = sys.stdout.buffer
-            self.flush_each = True
-        if fmt == "csv":
+        if fmt == "csv" and self.count == 0:
             self._csv_row(CSV_COLUMNS + (["labels"] if multi_label else []))
 
     def _csv_row(self, values: list[Any]) -> None:
@@ -82,11 +99,23 @@ class RecordWriter:
         self._emit(buf.getvalue().encode("utf-8", "backslashreplace"))
 
     def _emit(self, data: bytes) -> None:
+        if self.partial is not None:
+            self.held += data
+            return
         self.out.write(data)
         if self.flush_each:
             self.out.flush()
 
+    def batch_done(self) -> None:
+        """The records of one model batch are all written: into the side file with them."""
+        if self.partial is not None and (self.held or self.held_paths):
+            self.partial.append_batch(bytes(self.held), self.held_paths, self.held_errors)
+            self.held, self.held_paths, self.held_errors = bytearray(), [], 0
+
     def write(self, record: Record) -> None:
+        if self.partial is not None:
+            self.held_paths.append(record["path"])
+            self.held_errors += "error" in record
         if self.fmt == "jsonl":
             self._emit(_json_line(record) + b"\n")
         elif self.fmt == "json":
@@ -106,23 +135,46 @@ class RecordWriter:
             self._csv_row(row)
         else:
             self.rows.append(record)
+            if self.partial is not None:  # a table's side file holds JSON Lines: it is drawn at the end
+                self._emit(_json_line(record) + b"\n")
         self.count += 1
 
     def close(self) -> None:
         """Finish the output (closing bracket, table) and move the file into place."""
+        self.batch_done()
         if self.fmt == "json":
             self._emit(b"[]\n" if self.count == 0 else b"\n]\n")
-        elif self.fmt == "table":
+        if self.partial is not None:
+            if self.fmt == "table":  # drawn from every record, the side file's included, into FILE
+                assert self.dest is not None
+                self.file = self.dest.open()
+                self.out, self.held, partial, self.partial = self.file.stream, bytearray(), self.partial, None
+                self._table()
+                self.file.commit()
+                self.file = None
+                partial.finish(b"", rename=False)
+            else:
+                closing, self.held = bytes(self.held), bytearray()
+                partial, self.partial = self.partial, None
+                partial.finish(closing, rename=True)
+            return
+        if self.fmt == "table":
             self._table()
         if self.file is not None:
             self.file.commit()
         else:
             self.out.flush()
 
-    def abort(self) -> None:
-        """Drop a half-written output file (an interrupted or failed run); a no-op after :meth:`close`."""
+    def abort(self) -> str | None:
+        """An interrupted or failed run: a side file keeps the whole batches written so far (the line
+        that says so is returned); any other output file half-written is dropped. A no-op after
+        :meth:`close`."""
+        if self.partial is not None:
+            partial, self.partial = self.partial, None
+            return partial.keep()
         if self.file is not None:
             self.file.discard()
+        return None
 
     def _table(self) -> None:
         from rich.console import Console

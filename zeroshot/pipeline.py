@@ -337,11 +337,24 @@ def encoded_records(
     """Encoded batches -> one record per input, in order (both engines' last step, and the
     model-free one's). Features are torch tensors, or numpy arrays (the image cache's) when no
     model ran: scoring is numpy's either way (:mod:`zeroshot.ranking`)."""
+    for records in record_batches(batches, weights, scale, classes, top_k, multi_label):
+        yield from records
+
+
+def record_batches(
+    batches: Iterable[list[Encoded]],
+    weights: Any,
+    scale: float,
+    classes: Sequence[str],
+    top_k: int,
+    multi_label: Any = None,
+) -> Iterator[list[Record]]:
+    """:func:`encoded_records` a model batch at a time (a resumable output keeps whole batches)."""
     for batch in batches:
         good = [e for e in batch if e.feature is not None]
         recs: Iterator[Record] = iter(())
         if good:
             recs = iter(feature_records([e.input.path for e in good], _stacked([e.feature for e in good]),
                                         weights, scale, classes, top_k, multi_label))  # fmt: skip
-        for e in batch:
-            yield next(recs) if e.feature is not None else error_record(e.input.path, e.error or "unknown error")
+        yield [next(recs) if e.feature is not None else error_record(e.input.path, e.error or "unknown error")
+               for e in batch]  # fmt: skip

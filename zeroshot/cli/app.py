@@ -33,6 +33,10 @@ EXIT_SIGPIPE = 141
 
 
 def _fail(message: str, code: int) -> typer.Exit:
+    from ..errors import AFTERWORDS
+
+    message = "; ".join([message, *AFTERWORDS])
+    AFTERWORDS.clear()
     sys.stderr.write(f"zeroshot: error: {message}\n")
     sys.stderr.flush()
     return typer.Exit(code)

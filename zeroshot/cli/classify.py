@@ -200,6 +200,14 @@ def classify(
             "counts, times) to PATH as JSON. Default with --output FILE: FILE.manifest.json.",
         ),
     ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Go on with an interrupted run of the same command: its records so far are in FILE.partial "
+            "(--output FILE keeps them as it goes); FILE ends up as one uninterrupted run writes it.",
+        ),
+    ] = False,
     engine: Annotated[
         Engine,
         typer.Option(
@@ -242,7 +250,7 @@ def classify(
                              max_bytes=max_bytes, timeout=timeout),  # fmt: skip
         top_k=top_k, batch_size=batch_size, min_score=min_score, fmt=fmt.value, output=output, report=report,
         manifest=manifest,
-        cache_images=cache_images, use_cache=not no_cache, quiet=quiet, null=null,
+        cache_images=cache_images, use_cache=not no_cache, quiet=quiet, null=null, resume=resume,
         ray=RayPlacement(ray_address, gpus_per_worker, cpus_per_worker) if engine is Engine.RAY else None,
     )  # fmt: skip
     if run.ray is not None:

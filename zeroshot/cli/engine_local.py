@@ -51,6 +51,7 @@ class ClassifyRun:
     quiet: bool
     null: bool
     ray: RayPlacement | None  # None: the local engine
+    resume: bool = False  # go on from FILE.partial (zeroshot.resume)
 
     @property
     def stdin(self) -> TextIO | None:
@@ -98,11 +99,17 @@ def classify_locally(run: ClassifyRun) -> tuple[int, int]:
     from ..classifier import remember_scoring
     from ..images import count_inputs, iter_inputs
     from ..output import FORMATS, RecordWriter, apply_min_score
-    from ..pipeline import ImageEncoder, cache_first, default_batch_size, default_workers, encoded_records
+    from ..pipeline import ImageEncoder, cache_first, default_batch_size, default_workers, record_batches
+    from ..resume import check_before_run
 
     if run.fmt not in FORMATS:
         raise UsageError(f"--format {run.fmt} needs --engine ray (the local engine writes {', '.join(FORMATS)})")
+    from ..errors import AFTERWORDS
+
+    AFTERWORDS.clear()  # what an earlier command in this process kept is not this one's to say
     where = Destinations.check(run)
+    check_before_run(where.records, run.resume)
+    _name_leftovers(where.records)
     manifest = _manifest_for(run, where.manifest)
     show = not run.quiet and sys.stderr.isatty()
     prepared = prepare_run(
@@ -139,9 +146,21 @@ def classify_locally(run: ClassifyRun) -> tuple[int, int]:
         return ImageEncoder(prepared.image_tower(workers), batch_size=batch_size, image_cache=image_cache,
                             options=run.decode)  # fmt: skip
 
+    partial = None
+    if where.records is not None and where.records.regular:  # records kept as they are made
+        from ..resume import PartialOutput
+
+        key = _resume_key(run, prepared, batch_size)
+        if run.resume and (done := _finished_already(where, key)) is not None:
+            if image_cache is not None:
+                image_cache.close()
+            return done
+        partial = PartialOutput(where.records, key, resume=run.resume, records_as_jsonl=run.fmt == "table")
     # live: paths from stdin are handed on as they arrive, and a batch is finished early whenever
     # stdin has nothing more yet, so each record comes out while the producer is still writing.
     stream = iter_inputs(run.inputs, stdin=run.stdin, null=run.null, live=True)
+    if partial is not None:
+        stream = partial.skip_done(stream)  # what the side file holds already: neither decoded nor encoded
     if model_free and image_cache is not None:
         batches = cache_first(stream, image_cache, encoder, batch_size=batch_size, max_bytes=run.decode.max_bytes)
     else:
@@ -151,29 +170,105 @@ def classify_locally(run: ClassifyRun) -> tuple[int, int]:
     steps = Steps(show, "classifying", "images")
     if "-" not in run.inputs:  # paths from stdin cannot be counted ahead
         count_in_background(steps, lambda found: count_inputs(run.inputs, found))
-    writer = RecordWriter(run.fmt, where.records, multi_label=rule is not None, width=_table_width(where.records))
+    writer = RecordWriter(run.fmt, where.records, multi_label=rule is not None, width=_table_width(where.records),
+                          partial=partial)  # fmt: skip
+    if partial is not None:
+        total, failed = partial.records, partial.errors  # a resumed run's records so far count too
+        steps.advance(total)
     try:
-        for record in encoded_records(batches, text.weights, scale, text.classes, run.top_k, rule):
-            record = apply_min_score(record, run.min_score)
-            writer.write(record)
-            if sheet is not None:
-                sheet.add(record)
-            total += 1
-            failed += "error" in record
-            steps.advance()
-            if manifest is not None and total == 1:
-                manifest.mark("first_record")
+        for records in record_batches(batches, text.weights, scale, text.classes, run.top_k, rule):
+            for record in records:
+                record = apply_min_score(record, run.min_score)
+                writer.write(record)
+                if sheet is not None:
+                    sheet.add(record)
+                total += 1
+                failed += "error" in record
+                steps.advance()
+                if manifest is not None and "first_record" not in manifest.timings:
+                    manifest.mark("first_record")
+            writer.batch_done()
         writer.close()
         if sheet is not None:
             sheet.write()
     finally:
-        writer.abort()  # only does something if the run did not finish: no half-written --output file
+        # Only does something if the run did not finish: the side file keeps its whole batches (the
+        # error line says so), any other half-written --output file goes.
+        kept = writer.abort()
+        if kept is not None:
+            AFTERWORDS.append(kept)
         steps.stop()
         if image_cache is not None:
             image_cache.close()
     if manifest is not None:
+        if partial is not None:
+            from ..resume import key_digest
+
+            manifest.fields.update(resume_key=key_digest(partial.key), segments=partial.segments)
         _finish_manifest(manifest, run, prepared, total, failed)
     return failed, total
+
+
+def _resume_key(run: ClassifyRun, prepared: Prepared, batch_size: int) -> dict[str, object]:
+    """What a resumed run must share with the interrupted one for FILE to come out as one run's:
+    the image features' identity, the text classifier's numbers, the inputs and every option that
+    changes a record or which inputs share a batch."""
+    import hashlib
+    import json
+
+    import numpy as np
+
+    from ..resume import run_key
+
+    text = prepared.text
+    digest = hashlib.sha256(np.ascontiguousarray(text.weights, dtype=np.float32).tobytes())
+    digest.update(json.dumps([list(text.classes), prepared.logit_scale]).encode("utf-8"))
+    d = run.decode
+    return run_key(
+        image=prepared.embeddings_key(), text=digest.hexdigest()[:16], inputs=run.inputs, null=run.null,
+        format=run.fmt, top_k=run.top_k, min_score=run.min_score, multi_label=repr(run.multi_label),
+        batch_size=batch_size, decoder=d.decoder, jpeg_draft=d.jpeg_draft, max_pixels=d.max_pixels,
+        max_bytes=d.max_bytes,
+    )  # fmt: skip
+
+
+def _finished_already(where: Destinations, key: dict[str, object]) -> tuple[int, int] | None:
+    """``--resume`` of a run that had finished (no side file; FILE and its manifest there, with the
+    same key): nothing to do, said in a note. Returns (failed, total), or None to run."""
+    import json
+
+    from ..resume import key_digest, side_files
+
+    assert where.records is not None
+    if side_files(where.records.target)[0].exists() or not where.records.target.exists():
+        return None
+    if where.manifest is None or not where.manifest.regular:
+        return None
+    try:
+        done = json.loads(where.manifest.target.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(done, dict) or done.get("resume_key") != key_digest(key):
+        return None
+    sys.stderr.write(f"zeroshot: note: {where.records.given} is complete ({done.get('records', 0):,} records): "
+                     "nothing to resume\n")  # fmt: skip
+    return int(done.get("errors") or 0), int(done.get("records") or 0)
+
+
+def _name_leftovers(records: Destination | None) -> None:
+    """Temporary files of killed runs of older versions beside FILE: named, never left unsaid."""
+    if records is None or not records.regular:
+        return
+    from ..resume import leftover_temporaries
+
+    found = leftover_temporaries(records.target)
+    if found:
+        import logging
+
+        names = ", ".join(p.name for p in found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
+        logging.getLogger("zeroshot").warning(
+            f"temporary files of interrupted runs beside {records.given}: {names} (no run reads them: delete them)"
+        )
 
 
 def _tower_used(prepared: Prepared) -> str:

@@ -26,6 +26,13 @@ def classify_on_ray(run: ClassifyRun) -> tuple[int, int]:
                      ("--decoder batched", run.decode.decoder == "batched")):  # fmt: skip
         if bad:
             raise UsageError(f"{opt} is not available with --engine ray")
+    from pathlib import Path
+
+    from ..distributed import has_scheme
+    from ..resume import folder_progress
+
+    if not run.resume and not has_scheme(str(run.output)):
+        folder_progress(Path(run.output), run.fmt, False)  # a folder holding records: refused before any work
     # The driver builds the text side only (on the CPU, fp32), loading the model only when the cache
     # misses or a background class is needed; Ray's actors load it where they run.
     prepared = prepare_run(
@@ -41,6 +48,7 @@ def classify_on_ray(run: ClassifyRun) -> tuple[int, int]:
         batch_size=run.batch_size or 64, stdin=run.stdin, quiet=run.quiet, top_k=run.top_k,
         precision=run.choice.precision, runtime=run.choice.runtime, max_pixels=d.max_pixels,
         jpeg_draft=d.jpeg_draft, min_score=run.min_score, null=run.null, max_bytes=d.max_bytes, timeout=d.timeout,
+        resume=run.resume,
     )  # fmt: skip
     write_record(summary)
     return int(summary.get("errors") or 0), int(summary.get("records") or 0)
