@@ -107,3 +107,32 @@ def test_eval_shots_reports_the_methods_side_by_side(adapted):
     assert few["shots"] == 2 and few["seeds"] == 2 and len(few["pull"]) == 2
     for name in ("zero_shot", "linear_probe", "class_means", "adapted"):
         assert len(few[name]["runs"]) == 2 and few[name]["min"] <= few[name]["mean"] <= few[name]["max"]
+
+
+def test_where_zero_shot_knows_nothing_the_probe_is_free_and_one_example_still_keeps_zero_shot():
+    """Examples that zero-shot classifies no better than chance (a domain the text side has never
+    seen): the adapted weights are the plain probe's, whatever the cross-validation scored. Just
+    over chance is not enough (3 standard errors). With one example per class there is no evidence
+    either way, and zero-shot is kept."""
+    from zeroshot.adapt import zero_shot_knows
+
+    g = torch.Generator().manual_seed(1)
+    classes = [f"c{i}" for i in range(10)]
+    w0 = torch.nn.functional.normalize(torch.randn(10, 32, generator=g), dim=-1)
+    centres = torch.nn.functional.normalize(torch.randn(10, 32, generator=g), dim=-1)  # unrelated to w0
+    labels = torch.arange(10).repeat_interleave(8)
+    feats = torch.nn.functional.normalize(centres[labels] + 0.3 * torch.randn(80, 32, generator=g), dim=-1)
+    assert not zero_shot_knows(feats, labels, w0)
+    unseen = adapt(feats, labels, w0, 100.0, classes, seed=2)
+    probe = fit(feats, labels, w0, 100.0, 0.0, seed=2)  # (on 2 threads here, 1 in adapt: float order only)
+    assert unseen.lam == 0.0 and torch.allclose(unseen.weights, probe, atol=1e-6)
+    assert max(unseen.cv_accuracy.values()) > 0  # the cross-validation still ran, for the record
+    # 20% right where chance is 10%: above chance, but under 3 standard errors (0.1 + 3 * 0.034)
+    assert not zero_shot_knows(feats[:80], torch.where(torch.arange(80) % 5 == 0, (feats @ w0.T).argmax(1),
+                                                       (feats @ w0.T).argmax(1) + 1) % 10, w0)  # fmt: skip
+    known = torch.nn.functional.normalize(w0[labels] + 0.3 * torch.randn(80, 32, generator=g), dim=-1)
+    assert zero_shot_knows(known, labels, w0) and adapt(known, labels, w0, 100.0, classes).lam == 1e4
+    one = labels[::8]  # one example per class, zero-shot at chance on them: zero-shot is kept
+    kept = adapt(feats[::8], one, w0, 100.0, classes)
+    assert kept.lam == 1e4  # the strongest pull, as before: zero-shot's answers stay
+    assert torch.equal((feats @ kept.weights.T).argmax(dim=1), (feats @ w0.T).argmax(dim=1))

@@ -8,7 +8,10 @@ pulled back towards ``W0`` by ``lam * ||W - W0||^2`` per class. CLAP sets the pu
 the zero-shot fit; here one strength is chosen by cross-validation on the examples themselves, from
 a grid that runs from "stay at zero-shot" to "a plain linear probe". In the model's own domain the
 held-out examples favour a strong pull (zero-shot is hard to beat); in a domain the text side does
-not know they favour a weak one. Classes without examples keep their zero-shot rows exactly.
+not know they favour a weak one. Where zero-shot classifies the examples no better than chance
+(:func:`zero_shot_knows`), no pull is chosen at all: the result is the plain probe, which the
+one-standard-error rule, leaning towards the pull, would otherwise hold back on a bad draw.
+Classes without examples keep their zero-shot rows exactly.
 """
 
 from __future__ import annotations
@@ -30,6 +33,10 @@ LAMBDAS = (1e4, 1e2, 10.0, 1.0, 0.1, 0.01, 0.0)
 STEPS = 100  # full-batch Adam steps per fit; the problem is small (K x classes examples)
 MAX_FOLDS = 4
 LR = 0.01
+# Standard errors over chance that zero-shot's accuracy on the examples must reach for the pull to
+# be worth choosing (one-sided p < 0.002): a margin, not a hair's breadth, since with a few dozen
+# examples a zero-shot barely over chance holds the probe back (benchmarks/adapt.py, textures K=8).
+SKILL_Z = 3.0
 
 
 @dataclass(frozen=True)
@@ -130,7 +137,19 @@ def _adapt(feats: Any, labels: Any, w0: Any, scale: float, classes: list[str], s
             right += int((feats[held] @ w.T).argmax(dim=1).eq(labels[held]).sum())
         scores[lam] = right / max(1, len(labels))
     best = _choose(scores, len(labels))
+    if len(labels) and int(per_class[per_class > 0].min()) >= 2 and not zero_shot_knows(feats, labels, w0):
+        best = 0.0  # nothing to hold on to: the plain probe (the cross-validation is kept for the record)
     return Adapted(fit(feats, labels, w0, scale, best, seed=seed), best, scores, shots)
+
+
+def zero_shot_knows(feats: Any, labels: Any, w0: Any, z: float = SKILL_Z) -> bool:
+    """Whether zero-shot classifies the examples better than guessing, beyond doubt: its accuracy
+    on them more than ``z`` standard errors over chance (1 / classes). Where it does not (a domain
+    the text side knows nothing of), a pull towards it holds the probe back for nothing, and the
+    one-standard-error rule, which leans towards the pull, would do exactly that."""
+    n, chance = len(labels), 1.0 / len(w0)
+    accuracy = float((feats @ w0.T).argmax(dim=1).eq(labels).float().mean())
+    return accuracy > chance + z * (chance * (1 - chance) / n) ** 0.5
 
 
 def _choose(scores: dict[float, float], n: int) -> float:
