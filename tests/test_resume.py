@@ -178,3 +178,44 @@ def test_an_interrupt_before_the_first_batch_leaves_nothing_and_old_leftovers_ar
     assert first.exit_code == 130 and "records kept" not in first.stderr
     assert ".out.jsonl.abc123.tmp (no run reads them: delete them)" in first.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == [".out.jsonl.abc123.tmp", "img"]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "json"])
+def test_a_resumed_run_reports_every_record_and_reads_each_format_back(fmt, fake_model, tmp_path, monkeypatch):
+    """The contact sheet of a resumed run shows the records kept as well as the new ones: the side
+    file's records are read back (CSV's columns, an unclosed JSON array) as they were written."""
+    from zeroshot import resume
+
+    inputs = _colour_images(tmp_path / "img", 20)
+    (tmp_path / "img" / "bad.png").write_bytes(b"no image")
+    args = ["classify", *inputs, "--label", "red", "--label", "green", "--label", "blue", *fake_model, "-b", "4",
+            "-f", fmt]  # fmt: skip
+    whole = invoke(*args, "-o", tmp_path / "whole", "--report", tmp_path / "whole.html")
+    real_append = resume.PartialOutput.append_batch
+
+    def append_then_stop(self, data, paths, errors=0):
+        real_append(self, data, paths, errors)
+        if self.records >= 9:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(resume.PartialOutput, "append_batch", append_then_stop)
+    out = tmp_path / "out"
+    assert invoke(*args, "-o", out, "--report", tmp_path / "out.html").exit_code == 130
+    side = out.with_name("out.partial")
+    kept = resume.read_records(side.read_bytes(), fmt)
+    if fmt == "csv":  # back as records: the same paths, labels, scores and errors as the whole run's
+        import csv
+        import io
+
+        rows = list(csv.DictReader(io.StringIO((tmp_path / "whole").read_text())))[: len(kept)]
+        assert [(r["path"], r.get("label"), r.get("error")) for r in kept] == [
+            (row["path"], row["label"] or None if not row["error"] else None, row["error"] or None) for row in rows
+        ]
+    else:
+        assert kept == json.loads((tmp_path / "whole").read_text())[: len(kept)]
+    monkeypatch.setattr(resume.PartialOutput, "append_batch", real_append)
+    resumed = invoke(*args, "-o", out, "--report", tmp_path / "out.html", "--resume")
+    assert resumed.exit_code == whole.exit_code == 1  # the bad file, kept or new
+    assert out.read_bytes() == (tmp_path / "whole").read_bytes()
+    cards = [(tmp_path / name).read_text().count('<div class="card') for name in ("whole.html", "out.html")]
+    assert cards[0] == cards[1] >= 21

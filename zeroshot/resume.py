@@ -118,7 +118,11 @@ KEY_WORDS = {
 class PartialOutput:
     """FILE.partial and FILE.partial.json for one run (see the module's text)."""
 
-    def __init__(self, dest: Destination, key: dict[str, Any], *, resume: bool, records_as_jsonl: bool) -> None:
+    def __init__(
+        self, dest: Destination, key: dict[str, Any], *, resume: bool, fmt: str, read_back: bool = False
+    ) -> None:
+        """``fmt``: the records' format (a table's side file holds JSON Lines). ``read_back``: a
+        resumed run needs the records already kept (a table, a contact sheet): :attr:`kept`."""
         self.dest = dest
         self.side, self.meta = side_files(dest.target)
         given = Path(dest.given)
@@ -127,7 +131,7 @@ class PartialOutput:
         self.records = self.bytes = self.errors = 0
         self.digest = hashlib.sha256()
         self.segments: list[dict[str, Any]] = []
-        self.kept: list[dict[str, Any]] = []  # the records already there, for a table drawn at the end
+        self.kept: list[dict[str, Any]] = []  # the records already there (read_back, or a table)
         self.synced = time.monotonic()
         old = _read_meta(self.meta) if resume and self.side.exists() else None
         try:
@@ -136,7 +140,7 @@ class PartialOutput:
             raise UsageError(f"{dest.named}: cannot write {self.side} ({e.strerror or e})") from None
         self._lock()
         if old is not None and old.get("records"):
-            self._take_over(old, records_as_jsonl)
+            self._take_over(old, fmt if read_back or fmt == "table" else None)
         else:
             os.ftruncate(self.fd, 0)
         self.want_digest = old["paths_sha256"] if old is not None and old.get("records") else None
@@ -154,7 +158,7 @@ class PartialOutput:
             os.close(self.fd)
             raise UsageError(f"another zeroshot run is writing {self.dest.given} right now") from None
 
-    def _take_over(self, old: dict[str, Any], records_as_jsonl: bool) -> None:
+    def _take_over(self, old: dict[str, Any], read_as: str | None) -> None:
         """Go on from an interrupted run's side file: same key, cut back to its last whole batch."""
         for field, value in self.key.items():
             if old["key"].get(field) != value:
@@ -175,10 +179,10 @@ class PartialOutput:
         self.errors = int(old.get("errors", 0))
         if "ended" not in self.segments[-1]:  # killed (SIGKILL, a crash): it could not say so itself
             self.segments[-1].update(interrupted=True, killed=True, records_after=self.records)
-        if records_as_jsonl:
+        if read_as is not None:
             with open(self.fd, "rb", closefd=False) as f:
                 f.seek(0)
-                self.kept = [json.loads(line) for line in f.read(self.bytes).splitlines() if line.strip()]
+                self.kept = read_records(f.read(self.bytes), read_as)
 
     def skip_done(self, inputs: Iterable[Any]) -> Iterator[Any]:
         """The inputs after the ones this side file holds records of. Those are read now (their
@@ -264,6 +268,32 @@ class PartialOutput:
         with contextlib.suppress(OSError):
             os.close(self.fd)
         return f"{self.records:,} records kept in {self.shown}: run the same command with --resume to go on"
+
+
+def read_records(data: bytes, fmt: str) -> list[dict[str, Any]]:
+    """The records in a side file's bytes: JSON Lines (and a table's), a JSON array not yet closed
+    (one record per line), or CSV (its columns back into a record, as far as CSV keeps them)."""
+    if fmt == "csv":
+        import csv
+        import io
+
+        rows = csv.DictReader(io.StringIO(data.decode("utf-8", "surrogateescape"), newline=""))
+        out: list[dict[str, Any]] = []
+        for row in rows:
+            if row.get("error"):
+                out.append({"path": row["path"], "error": row["error"]})
+                continue
+            top = json.loads(row["top_k"] or "[]")
+            record: dict[str, Any] = {"path": row["path"], "label": row["label"] or None,
+                                      "score": float(row["score"]), "top_k": top}  # fmt: skip
+            if "labels" in row:
+                record["labels"] = [x for x in (row["labels"] or "").split(";") if x]
+            out.append(record)
+        return out
+    lines = data.splitlines()
+    if fmt == "json" and lines and lines[0] == b"[":
+        lines = [line.rstrip(b",") for line in lines[1:]]
+    return [json.loads(line) for line in lines if line.strip()]
 
 
 def leftover_temporaries(target: Path) -> list[Path]:

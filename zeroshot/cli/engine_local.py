@@ -155,7 +155,7 @@ def classify_locally(run: ClassifyRun) -> tuple[int, int]:
             if image_cache is not None:
                 image_cache.close()
             return done
-        partial = PartialOutput(where.records, key, resume=run.resume, records_as_jsonl=run.fmt == "table")
+        partial = PartialOutput(where.records, key, resume=run.resume, fmt=run.fmt, read_back=sheet is not None)
     # live: paths from stdin are handed on as they arrive, and a batch is finished early whenever
     # stdin has nothing more yet, so each record comes out while the producer is still writing.
     stream = iter_inputs(run.inputs, stdin=run.stdin, null=run.null, live=True)
@@ -175,6 +175,9 @@ def classify_locally(run: ClassifyRun) -> tuple[int, int]:
     if partial is not None:
         total, failed = partial.records, partial.errors  # a resumed run's records so far count too
         steps.advance(total)
+        if sheet is not None:  # the contact sheet shows the whole run, the records kept included
+            for earlier in partial.kept:
+                sheet.add(earlier)  # type: ignore[arg-type]  # a record read back from the side file
     try:
         for records in record_batches(batches, text.weights, scale, text.classes, run.top_k, rule):
             for record in records:
