@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import math
 import random
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 SHAPES = ("circle", "ring", "square", "frame", "triangle", "diamond", "plus", "cross", "horizontal bar",
           "vertical bar", "star", "two dots")  # fmt: skip
@@ -62,22 +64,34 @@ def draw(kind: str, rng: random.Random, size: int = 28) -> object:
     return img
 
 
-def make(out: Path, per_class: int = 66, seed: int = 0) -> list[str]:
-    """Draw ``per_class`` images of every shape into ``out/<shape>/``; returns the class names."""
+def draw_domain(out: Path, kinds: tuple[str, ...], draw: Callable[[str, random.Random], Any], per_class: int,
+                seed: int) -> list[str]:  # fmt: skip
+    """Draw ``per_class`` images of every kind into ``out/<kind>/``; returns the class names (the
+    unseen domains of benchmarks/adapt.py: this one and benchmarks/textures.py)."""
     rng = random.Random(seed)
-    for kind in SHAPES:
+    for kind in kinds:
         folder = out / kind
         folder.mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
-            draw(kind, rng).save(folder / f"{i:03d}.png")  # type: ignore[attr-defined]
-    return list(SHAPES)
+            draw(kind, rng).save(folder / f"{i:03d}.png")
+    return list(kinds)
 
 
-if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def make(out: Path, per_class: int = 66, seed: int = 0) -> list[str]:
+    """Draw ``per_class`` images of every shape into ``out/<shape>/``; returns the class names."""
+    return draw_domain(out, SHAPES, draw, per_class, seed)
+
+
+def cli(doc: str, make: Callable[[Path, int, int], list[str]]) -> None:
+    """``python benchmarks/<domain>.py OUT_DIR [--per-class N] [--seed S]``."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("out", type=Path)
     ap.add_argument("--per-class", type=int, default=66)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    make(args.out, args.per_class, args.seed)
-    print(f"{len(SHAPES)} classes x {args.per_class} images in {args.out}")
+    classes = make(args.out, args.per_class, args.seed)
+    print(f"{len(classes)} classes x {args.per_class} images in {args.out}")
+
+
+if __name__ == "__main__":
+    cli(__doc__, make)

@@ -9,10 +9,14 @@ writes OUT_DIR/<class>/<n>.png, one sub-folder per class (the layout eval and ad
 
 from __future__ import annotations
 
-import argparse
 import math
 import random
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from shapes import cli, draw_domain  # noqa: E402
 
 TEXTURES = ("vertical stripes", "horizontal stripes", "diagonal stripes", "checkerboard", "polka dots",
             "concentric rings", "zigzag", "grid lines", "speckle noise", "smooth gradient")  # fmt: skip
@@ -63,19 +67,8 @@ def draw(kind: str, rng: random.Random, size: int = 28) -> object:
 
 def make(out: Path, per_class: int = 66, seed: int = 0) -> list[str]:
     """Draw ``per_class`` images of every texture into ``out/<texture>/``; returns the class names."""
-    rng = random.Random(seed)
-    for kind in TEXTURES:
-        folder = out / kind
-        folder.mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            draw(kind, rng).save(folder / f"{i:03d}.png")  # type: ignore[attr-defined]
-    return list(TEXTURES)
+    return draw_domain(out, TEXTURES, draw, per_class, seed)
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("out", type=Path)
-    ap.add_argument("--per-class", type=int, default=66)
-    ap.add_argument("--seed", type=int, default=0)
-    a = ap.parse_args()
-    print(", ".join(make(a.out, a.per_class, a.seed)))
+    cli(__doc__, make)

@@ -21,7 +21,6 @@ import contextlib
 import hashlib
 import json
 import os
-import sys
 import time
 from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
@@ -163,9 +162,10 @@ class PartialOutput:
         for field, value in self.key.items():
             if old["key"].get(field) != value:
                 os.close(self.fd)
-                what = KEY_WORDS.get(field, "--" + field.replace("_", "-"))
+                # the identities and digests say only what changed; an option says from what to what
+                what = KEY_WORDS.get(field) or f"--{field.replace('_', '-')} ({old['key'].get(field)!r}, now {value!r})"
                 raise UsageError(
-                    f"--resume: {self.shown} was made with other {what} ({old['key'].get(field)!r}, now {value!r}): "
+                    f"--resume: {self.shown} was made with other {what}: "
                     "run it as it was, or delete the side file to start over"
                 )
         size = os.fstat(self.fd).st_size
@@ -230,7 +230,7 @@ class PartialOutput:
     def _write_meta(self) -> None:
         data = {"format": MAGIC, "output": str(self.dest.target), "key": self.key, "records": self.records,
                 "errors": self.errors, "bytes": self.bytes, "paths_sha256": self.digest.hexdigest(),
-                "segments": self.segments, "pid": os.getpid(), "command": sys.argv}  # fmt: skip
+                "segments": self.segments, "pid": os.getpid()}  # fmt: skip
         tmp = self.meta.with_name(self.meta.name + ".tmp")
         tmp.write_text(json.dumps(data, ensure_ascii=True), encoding="utf-8")
         os.replace(tmp, self.meta)

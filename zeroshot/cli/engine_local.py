@@ -228,7 +228,10 @@ def _resume_key(run: ClassifyRun, prepared: Prepared, batch_size: int) -> dict[s
     digest.update(json.dumps([list(text.classes), prepared.logit_scale]).encode("utf-8"))
     d = run.decode
     return run_key(
-        image=prepared.embeddings_key(), text=digest.hexdigest()[:16], inputs=run.inputs, null=run.null,
+        # The inputs as a digest: the mark is rewritten after every batch, and a shell glob can name
+        # a hundred thousand files.
+        image=prepared.embeddings_key(), text=digest.hexdigest()[:16], null=run.null,
+        inputs=hashlib.sha256(json.dumps(run.inputs).encode("utf-8", "surrogateescape")).hexdigest()[:16],
         format=run.fmt, top_k=run.top_k, min_score=run.min_score, multi_label=repr(run.multi_label),
         batch_size=batch_size, decoder=d.decoder, jpeg_draft=d.jpeg_draft, max_pixels=d.max_pixels,
         max_bytes=d.max_bytes,
