@@ -276,3 +276,30 @@ def test_a_killed_driver_resumed_gives_every_record_once(ray_installed, folder, 
     rows = list(iter_records(out))
     assert len(rows) == len(ref)  # nothing twice
     assert_same({r["path"]: r for r in rows}, ref)  # nothing missing, the same records
+
+
+def test_a_videos_frames_spread_over_actors_as_frame_tasks(local_ray, folder, checkpoint, tmp_path):
+    """A video's sampled frames are rows of their own: with -b 4 its 11 frames are three tasks or
+    more, and the records equal the local engine's, frame by frame (path and time)."""
+    from zeroshot.distributed import iter_records
+
+    from .videos import EXAMPLES, make_video
+
+    clip = tmp_path / "clip.webm"
+    pics = sorted(EXAMPLES.glob("*.png"))
+    make_video(clip, [(pics[0], 2.0), (pics[9], 3.5)])
+    common = [clip, folder / "sub" / "extra-0.jpg", *LABELS, "-m", ARCH, "-p", checkpoint, "-k", "3", "-q",
+              "--every", "0.5"]  # fmt: skip
+    ref = CliRunner().invoke(app, ["classify", *map(str, common)])
+    assert ref.exit_code == 0, ref.output
+    want = [json.loads(line) for line in ref.stdout.splitlines()]
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["classify", *map(str, common), "--engine", "ray", "--workers", "2", "-b", "4",
+                                      "-o", str(out)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    got = {(r["path"], r.get("time")): r for r in iter_records(out)}
+    assert len(got) == len(want) == 12  # 11 frames and the image, each once
+    for r in want:
+        o = got[(r["path"], r.get("time"))]
+        assert o.get("frame") == r.get("frame") and o["label"] == r["label"]
+        assert max(abs(a["score"] - b["score"]) for a, b in zip(o["top_k"], r["top_k"], strict=True)) < 1e-5

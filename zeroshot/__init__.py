@@ -139,8 +139,12 @@ class Zeroshot:
         background: str | None = None,
         calibration: Any = None,
         min_score: float | None = None,
+        every: float = 1.0,
+        max_frames: int | None = None,
+        per_video: bool = False,
     ) -> Iterator[Record]:
-        """One record per path (files or folders), in order, as the CLI prints them.
+        """One record per path (files or folders), in order, as the CLI prints them; a video gives
+        one per frame sampled ``every`` seconds (at most ``max_frames``), or one with ``per_video``.
 
         ``paths`` is one path (a ``str`` or ``os.PathLike``: one input, never its characters) or an
         iterable of them, consumed lazily; anything else is a ``TypeError``. ``-`` is a file name
@@ -176,8 +180,19 @@ class Zeroshot:
             if value is not None:
                 setattr(options, name, value)
         encoder = ImageEncoder(self.image_tower(), batch_size=batch_size, image_cache=image_cache, options=options)
-        records = encoded_records(encoder.batches(iter_inputs(inputs)), text.weights, self.loaded.logit_scale,
-                                  text.classes, top_k, rule)  # fmt: skip
+        from . import video
+
+        frames = video.VideoOptions(every=every, max_frames=max_frames, max_pixels=options.max_pixels,
+                                    timeout=options.timeout)  # fmt: skip
+        batches = encoder.batches(video.expand(iter_inputs(inputs), frames))
+        if per_video:
+            from .clips import video_record_batches
+
+            scale = self.loaded.logit_scale
+            made = video_record_batches(batches, text.weights, scale, text.classes, top_k, rule, every)
+            records: Iterator[Record] = (r for batch in made for r in batch)
+        else:
+            records = encoded_records(batches, text.weights, self.loaded.logit_scale, text.classes, top_k, rule)
         return (apply_min_score(record, min_score) for record in records)
 
 

@@ -23,6 +23,8 @@ from typing import Any
 
 from .images import DEFAULT_MAX_PIXELS, ImageError, Input, open_image
 from .reading import DEFAULT_MAX_BYTES, DEFAULT_TIMEOUT, read_input
+from .video import VideoPart
+from .videodecode import decode_part
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 
@@ -224,6 +226,8 @@ class FileDecoder:
     def __call__(self, inp: Input) -> tuple[Any, str | None]:
         if inp.error is not None:
             return None, inp.error
+        if isinstance(inp, VideoPart):  # sampled frames of a video: a list of (payload, error), one each
+            return decode_part(inp, self.decode_image, self.max_pixels), None
         try:
             data = read_input(inp.path, self.max_bytes, self.timeout)
             digest = None

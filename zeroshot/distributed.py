@@ -26,10 +26,7 @@ loses and duplicates nothing: writes happen after classification, per block.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -39,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import UsageError
 
 if TYPE_CHECKING:
+    from .images import Input
     from .ranking import Record
 
 RAY_HINT = "the Ray engine needs Ray Data: pip install 'zeroshot-clip[ray]' (or pip install 'ray[data]')"
@@ -200,24 +198,32 @@ class ClassifyBatch:
         )  # fmt: skip
         return [(payload, err) for _, payload, err in stream]
 
-    def classify(self, paths: Sequence[str], data: Sequence[Any] | None, errors: Sequence[Any] | None) -> list[Record]:
-        """The CLI's records for these inputs, in order."""
+    def classify(self, paths: Sequence[str], data: Sequence[Any] | None, errors: Sequence[Any] | None,
+                 inputs: Sequence[Input] | None = None) -> list[Record]:  # fmt: skip
+        """The CLI's records for these inputs, in order. ``inputs``: rows of local paths, video frames
+        among them (:func:`zeroshot.video.row_input`), which the local engine's image core reads."""
         from .images import Input
         from .output import apply_min_score
         from .pipeline import encoded_records
 
-        decoded = [(Input(p), payload, err) for p, (payload, err) in zip(paths, self._decode_all(paths, data, errors),
-                                                                         strict=True)]  # fmt: skip
-        size = self.batch_size
-        batches = self.encoder.encode(decoded[i : i + size] for i in range(0, len(decoded), size))
+        if inputs is not None:
+            batches = self.encoder.batches(inputs)
+        else:
+            decoded = [(Input(p), payload, err) for p, (payload, err) in
+                       zip(paths, self._decode_all(paths, data, errors), strict=True)]  # fmt: skip
+            size = self.batch_size
+            batches = self.encoder.encode(decoded[i : i + size] for i in range(0, len(decoded), size))
         recs = encoded_records(batches, self.weights, self.loaded.logit_scale, self.classes, self.top_k, self.rule)
         return [apply_min_score(rec, self.min_score) for rec in recs]
 
     def __call__(self, batch: dict[str, Any]) -> Any:
-        paths = [str(p) for p in batch["path"]]
-        data = batch.get("bytes")
-        errors = batch.get("error")
-        return records_table(self.classify(paths, data, errors), multi_label=self.rule is not None)
+        from .video import row_input
+
+        paths, data, errors = [str(p) for p in batch["path"]], batch.get("bytes"), batch.get("error")
+        inputs = None
+        if "frame" in batch and data is None:  # rows of local paths (frame_row), video frames among them
+            inputs = [row_input({k: batch[k][i] for k in batch}) for i in range(len(paths))]
+        return records_table(self.classify(paths, data, errors, inputs), multi_label=self.rule is not None)
 
 
 def records_table(recs: Sequence[Record], *, multi_label: bool = False) -> Any:
@@ -231,6 +237,8 @@ def records_table(recs: Sequence[Record], *, multi_label: bool = False) -> Any:
         "score": pa.array([r.get("score") for r in recs], pa.float64()),
         "error": pa.array([r.get("error") for r in recs], pa.string()),
         "top_k": pa.array([r.get("top_k") for r in recs], top_type),
+        "time": pa.array([r.get("time") for r in recs], pa.float64()),  # video frames only
+        "frame": pa.array([r.get("frame") for r in recs], pa.int64()),
     }
     if multi_label:
         columns["labels"] = pa.array([r.get("labels") for r in recs], pa.list_(pa.string()))
@@ -272,6 +280,7 @@ def input_dataset(
     blocks: int | None = None,
     null: bool = False,
     done: set[str] | frozenset[str] = frozenset(),
+    video: Any = None,
 ) -> Any:
     """A Ray dataset of the inputs: local paths expanded as the CLI does (``path``, ``error``), or,
     for URIs, Ray's binary reader over image files (``path``, ``bytes``). Not both kinds at once.
@@ -286,11 +295,15 @@ def input_dataset(
         exts = sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS)
         ds = ray.data.read_binary_files(list(remote), include_paths=True, file_extensions=exts)
         return ds.filter(lambda row: row["path"] not in done) if done else ds
-    # "" for no error: a column of only None would reach the batches as NaN floats.
-    items = [{"path": inp.path, "error": inp.error or ""} for inp in iter_inputs(inputs, stdin=stdin, null=null)]
+    # "" for no error: a column of only None would reach the batches as NaN floats. A video's
+    # sampled frames are rows of their own (frame_row), so a long video spreads over the actors.
+    from .video import VideoOptions, expand, frame_row, unit_key
+
+    found = expand(iter_inputs(inputs, stdin=stdin, null=null), video or VideoOptions())
+    items = [frame_row(inp) for inp in found]
     if not items:
         raise UsageError("no inputs")
-    items = [item for item in items if item["path"] not in done]
+    items = [item for item in items if unit_key(item) not in done]
     if not items:
         return None
     return ray.data.from_items(items, override_num_blocks=blocks or min(len(items), 200))
@@ -366,6 +379,7 @@ def run(
     null: bool = False,
     quiet: bool = False,
     resume: bool = False,
+    video: Any = None,
     **options: Any,
 ) -> dict[str, Any]:
     """Classify ``inputs`` on Ray and write the records to the ``output`` folder; returns a summary.
@@ -385,9 +399,11 @@ def run(
     done = set() if has_scheme(output) else folder_progress(Path(output), fmt, resume)
     start = time.perf_counter()
     # Ray prints worker deaths and logs on stdout; ours carries the summary.
-    with _stdout_to_stderr(), _ray_session(ray, address, quiet):
+    from .raysession import ray_session, stdout_to_stderr
+
+    with stdout_to_stderr(), ray_session(ray, address, quiet):
         ray.data.DataContext.get_current().enable_progress_bars = not quiet
-        todo = input_dataset(inputs, stdin=stdin, null=null, done=done)
+        todo = input_dataset(inputs, stdin=stdin, null=null, done=done, video=video)
         if todo is not None:
             ds = classify_dataset(todo, classifier, workers=workers, gpus_per_worker=gpus_per_worker,
                                   cpus_per_worker=cpus_per_worker, batch_size=batch_size, **options)  # fmt: skip
@@ -402,38 +418,6 @@ def run(
         summary["records"], summary["errors"] = count_output(output, fmt)
     summary["seconds"] = round(time.perf_counter() - start, 3)
     return summary
-
-
-@contextlib.contextmanager
-def _ray_session(ray: Any, address: str | None, quiet: bool) -> Iterator[None]:
-    """The Ray this process has, or one joined/started here and shut down at the end."""
-    import logging
-
-    if quiet:  # Ray Data's own lines (execution plans, timings, "progress bars disabled") on stderr
-        logging.getLogger("ray.data").setLevel(logging.ERROR)
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=not quiet)
-    try:
-        yield
-    finally:
-        if started:
-            ray.shutdown()
-
-
-@contextlib.contextmanager
-def _stdout_to_stderr() -> Iterator[None]:
-    """Point file descriptor 1 (and ``sys.stdout``) at stderr for the duration."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    try:
-        os.dup2(2, 1)
-        with contextlib.redirect_stdout(sys.stderr):
-            yield
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
 
 
 def iter_records(folder: str | Path, fmt: str = "jsonl") -> Iterable[dict[str, Any]]:

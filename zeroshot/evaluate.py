@@ -71,6 +71,7 @@ def image_features(
     max_bytes: int | None = None,
     image_cache: Any = None,
     progress: Callable[[int], None] | None = None,
+    every: float = 1.0,
 ) -> tuple[Any, Any, list[dict[str, str]]]:
     """(normalized features [N, D], labels [N], failures) for the items that decoded.
 
@@ -81,24 +82,32 @@ def image_features(
     ``max_bytes``: the byte cap per file (None: the default; 0: none), as for ``classify``;
     ``image_cache``: an :class:`~zeroshot.imagecache.ImageEmbeddingCache` for files seen before;
     ``progress`` hears how many more images each batch took. ``loaded`` is the model, or the image
-    tower (:mod:`zeroshot.runtimes`) to run the images through.
+    tower (:mod:`zeroshot.runtimes`) to run the images through. Videos in the folders give a row per
+    frame sampled ``every`` seconds, each keyed by the video's path.
     """
     import torch
     import torch.nn.functional as F
+
+    from . import video
 
     options = DecodeOptions(workers=workers)
     if max_bytes is not None:
         options.max_bytes = max_bytes
     encoder = ImageEncoder(loaded, batch_size=batch_size, options=options, image_cache=image_cache)
     labelled: dict[int, Labelled] = {}
+    clips: dict[str, Labelled] = {}  # a video's frames all carry its label
 
     def as_input(item: Labelled) -> Input:
         inp = Input(str(item.key), item.error)
-        labelled[id(inp)] = item
+        if array is None and video.is_video_name(inp.path):
+            clips[inp.path] = item
+        else:
+            labelled[id(inp)] = item
         return inp
 
     if array is None:
-        batches = encoder.batches(as_input(item) for item in items)
+        frames = video.VideoOptions(every=every, max_pixels=options.max_pixels)
+        batches = encoder.batches(video.expand((as_input(item) for item in items), frames))
     else:
         batches = encoder.encode(_decoded_array(encoder, array, items, as_input, batch_size))
     feats, labels, failed = [], [], []
@@ -107,7 +116,7 @@ def image_features(
             progress(len(batch))
         good = []
         for e in batch:
-            item = labelled.pop(id(e.input))
+            item = labelled.pop(id(e.input), None) or clips[e.input.path]
             if e.feature is None:
                 failed.append({"path": e.input.path, "error": e.error or "unknown error"})
                 continue
@@ -203,6 +212,30 @@ def evaluate(
     return out
 
 
+def per_video(feats: Any, labels: Any, keys: list[str | int], text: TextClassifier, scale: float) -> dict[str, Any]:
+    """Accuracy per video: a video's label is the best of its frames' mean probabilities (as
+    ``classify --per-video`` gives it); the frames count as images in the other figures. Empty
+    when there are no videos."""
+    import numpy as np
+
+    from .ranking import probabilities
+    from .video import is_video_name
+
+    rows: dict[str, list[int]] = {}
+    for i, key in enumerate(keys):
+        if isinstance(key, str) and is_video_name(key):
+            rows.setdefault(key, []).append(i)
+    if not rows:
+        return {}
+    probs = probabilities(feats.numpy(), text.weights, scale)
+    hits = [int(np.argmax(probs[idx].mean(axis=0))) == int(labels[idx[0]]) for idx in rows.values()]
+    return {
+        "videos": len(rows),
+        "video_frames": sum(len(v) for v in rows.values()),
+        "video_top1": sum(hits) / len(hits),
+    }
+
+
 @dataclass
 class EvalRun:
     """Everything one evaluation computed: the record, failures, and the per-image data behind them."""
@@ -239,6 +272,7 @@ def evaluate_run(
     max_bytes: int | None = None,
     progress: Callable[[int], None] | None = None,
     tower: Any = None,
+    every: float = 1.0,
 ) -> EvalRun:
     """:func:`run_eval`, keeping the per-image data (for calibration and reports); ``tower``: the
     image tower to run the images through (default: the model's torch one)."""
@@ -261,7 +295,8 @@ def evaluate_run(
         items = itertools.islice(items, limit)
     keys: list[str | int] = []
     feats, labels, failed = image_features(tower or loaded, items, array, batch_size=batch_size, workers=workers,
-                                          keys_out=keys, max_bytes=max_bytes, progress=progress)  # fmt: skip
+                                          keys_out=keys, max_bytes=max_bytes, progress=progress,
+                                          every=every)  # fmt: skip
     from .manifest import identity
 
     record: dict[str, Any] = {"dataset": source}
@@ -269,6 +304,7 @@ def evaluate_run(
     record.update(identity(loaded.spec, text.prompt_set, precision=loaded.precision, device=str(loaded.device),
                            preprocess=repr(loaded.preprocess)))  # fmt: skip
     record.update(evaluate(loaded, text, feats, labels))
+    record.update(per_video(feats, labels, keys, text, loaded.logit_scale))
     record["failed"] = len(failed)
     record["seconds"] = round(time.perf_counter() - start, 2)
     return EvalRun(record, failed, feats, labels, keys, array)

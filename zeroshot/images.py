@@ -29,6 +29,12 @@ def is_image_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
+def is_video_name(name: str) -> bool:
+    from .video import VIDEO_EXTENSIONS
+
+    return os.path.splitext(name)[1].lower() in VIDEO_EXTENSIONS
+
+
 @dataclass(frozen=True)
 class Input:
     """One input path, as it will appear in the output record."""
@@ -49,7 +55,7 @@ PAUSE = Pause("")
 
 
 def walk_images(root: str, seen: set[tuple[int, int]]) -> Iterator[Input]:
-    """Image files under ``root``, depth first, names sorted; symlinked folders once each.
+    """Image and video files under ``root``, depth first, names sorted; symlinked folders once each.
 
     A folder that cannot be listed becomes one input carrying the error, so it is reported. An
     entry with an image name that is not a regular file (a FIFO, a device, a socket) is an input
@@ -77,7 +83,7 @@ def walk_images(root: str, seen: set[tuple[int, int]]) -> Iterator[Input]:
             is_dir = is_file = False
         if is_dir:
             yield from walk_images(entry.path, seen)
-        elif is_image_name(entry.name):
+        elif is_image_name(entry.name) or is_video_name(entry.name):
             yield Input(entry.path, error=None if is_file else _special_file_problem(entry.path))
 
 

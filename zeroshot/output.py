@@ -62,6 +62,7 @@ class RecordWriter:
         multi_label: bool = False,
         width: int | None = None,
         partial: PartialOutput | None = None,
+        frames: bool = False,
     ) -> None:
         """``partial``: a regular FILE's side file (:mod:`zeroshot.resume`): records are held per
         batch and appended at :meth:`batch_done`; a resumed one goes on after the records it holds."""
@@ -90,8 +91,11 @@ class RecordWriter:
             self.file = dest.open()
             self.out = self.file.stream
             self.flush_each = self.file.flush_each
+        # CSV: a video frame's time and number in columns of their own when the run was asked about
+        # videos; otherwise (a video met in a folder) its time goes in the path as a media fragment.
+        self.frames = frames
         if fmt == "csv" and self.count == 0:
-            self._csv_row(CSV_COLUMNS + (["labels"] if multi_label else []))
+            self._csv_row(CSV_COLUMNS + (["labels"] if multi_label else []) + (["time", "frame"] if frames else []))
 
     def _csv_row(self, values: list[Any]) -> None:
         buf = io.StringIO()
@@ -123,8 +127,11 @@ class RecordWriter:
         elif self.fmt == "csv":
             top = json.dumps(record.get("top_k", []), ensure_ascii=False) if "top_k" in record else ""
             label = record.get("label")
+            path = record["path"]
+            if "time" in record and not self.frames:
+                path = f"{path}#t={record['time']}"  # W3C media fragment: clip.mp4#t=12.5
             row = [
-                record["path"],
+                path,
                 "" if label is None else label,
                 record.get("score", ""),
                 record.get("error", ""),
@@ -132,6 +139,8 @@ class RecordWriter:
             ]
             if self.multi_label:  # the present labels, ';'-separated (a label with ';' is quoted by csv)
                 row.append(";".join(record.get("labels", [])))
+            if self.frames:
+                row += [record.get("time", ""), record.get("frame", "")]
             self._csv_row(row)
         else:
             self.rows.append(record)

@@ -9,13 +9,15 @@ inputs there are; workers ship uint8 pixels and the batch is normalized on the m
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
+from . import video
 from .classifier import TextClassifier
 from .decoding import Cached, FileDecoder, Fresh, cpu_count, processes_usable
 from .images import DEFAULT_MAX_PIXELS, ImageError, Input, Pause
@@ -23,6 +25,8 @@ from .models import LoadedModel
 from .ranking import Record, error_record, feature_records
 from .reading import DEFAULT_MAX_BYTES, DEFAULT_TIMEOUT, is_url
 from .streams import PROCESS_CHUNK, ahead, decode_stream, lookahead_for
+from .video import FrameInput, VideoPart, with_time
+from .videodecode import parts
 
 log = logging.getLogger("zeroshot")
 WORKER_KINDS = ("process", "thread")
@@ -180,10 +184,20 @@ class ImageEncoder:
             pool_factory = lambda: process_pool(self.decoder, self.workers)  # noqa: E731
             remote = decode_in_worker
         look = lookahead_for(self.batch_size, max(1, self.workers))
-        stream = decode_stream(inputs, self.decoder, self.workers, look, pool_factory, remote, PROCESS_CHUNK,
-                               self._cached, side=lambda inp: inp.error is None and is_url(inp.path),
+        answers: dict[int, tuple[Any, str | None]] = {}  # frames the image cache answered, by id
+
+        def cached_frame(f: FrameInput) -> bool:
+            answer = self._cached(f)
+            if answer is not None:
+                answers[id(f)] = answer
+            return answer is not None
+
+        single = cached_frame if self.image_cache is not None else None
+        stream = decode_stream(parts(inputs, single), self.decoder, self.workers, look, pool_factory, remote,
+                               PROCESS_CHUNK, lambda inp: answers.pop(id(inp), None) or self._cached(inp),
+                               side=lambda inp: inp.error is None and is_url(inp.path) and not video.is_part(inp),
                                pause=lambda inp: isinstance(inp, Pause))  # fmt: skip
-        for item in stream:
+        for item in self._frames(stream):
             if isinstance(item[0], Pause):
                 if pending:
                     yield pending
@@ -197,6 +211,19 @@ class ImageEncoder:
                 pending, good = [], 0
         if pending:
             yield pending
+
+    def _frames(self, stream: Iterable[tuple[Input, Any, str | None]]) -> Iterator[tuple[Input, Any, str | None]]:
+        """Decoded items with each :class:`~zeroshot.video.VideoPart` opened into its frames."""
+        for inp, payload, error in stream:
+            if not isinstance(inp, VideoPart):
+                yield inp, payload, error
+                continue
+            results = payload if payload is not None else [(None, error)] * len(inp.frames)
+            for frame, (pixels, err) in zip(inp.frames, results, strict=True):
+                if pixels is not None and self.image_cache is not None:
+                    with contextlib.suppress(ImageError):  # the file went meanwhile: classified, not stored
+                        pixels = Fresh(pixels, video.frame_digest(frame))
+                yield frame, pixels, err
 
     def _prepare(self, items: list[tuple[Input, Any, str | None]]) -> Batch:
         """Everything before the image tower: may run in a helper thread, one batch ahead."""
@@ -236,12 +263,17 @@ def cache_lookup(image_cache: Any, inp: Input, max_bytes: int | None) -> tuple[A
     """What the image-embedding cache says of a file input: ``(Cached(feature), None)`` for a hit,
     ``(None, error)`` when the file cannot even be read to be hashed, None when it has no answer
     (no cache, a miss, an input already in error, a URL: the decoders hash what they fetch)."""
-    if image_cache is None or inp.error is not None or is_url(inp.path):
+    if image_cache is None or inp.error is not None or isinstance(inp, VideoPart):
         return None
     from .reading import file_digest
 
     try:
-        feature = image_cache.get(file_digest(inp.path, max_bytes))
+        if isinstance(inp, FrameInput):
+            feature = image_cache.get(video.frame_digest(inp))
+        elif is_url(inp.path):
+            return None
+        else:
+            feature = image_cache.get(file_digest(inp.path, max_bytes))
     except ImageError as e:
         return None, str(e)
     return (Cached(feature), None) if feature is not None else None
@@ -356,5 +388,6 @@ def record_batches(
         if good:
             recs = iter(feature_records([e.input.path for e in good], _stacked([e.feature for e in good]),
                                         weights, scale, classes, top_k, multi_label))  # fmt: skip
-        yield [next(recs) if e.feature is not None else error_record(e.input.path, e.error or "unknown error")
+        yield [cast(Record, with_time(cast(dict, next(recs) if e.feature is not None
+                                            else error_record(e.input.path, e.error or "unknown error")), e.input))
                for e in batch]  # fmt: skip

@@ -34,6 +34,8 @@ class Record(TypedDict, total=False):
     with --multi-label), or ``error`` for an input that could not be classified."""
 
     path: str
+    time: float  # a video frame's: seconds from the stream's start
+    frame: int  # a video frame's index in presentation order
     label: str | None
     score: float
     labels: list[str]

@@ -107,6 +107,13 @@ def key_digest(key: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode("utf-8")).hexdigest()
 
 
+class _NotGiven:
+    def __repr__(self) -> str:
+        return "not given"
+
+
+NOT_GIVEN = _NotGiven()  # a key field that a run left out (an option at its default)
+
 KEY_WORDS = {
     "image": "model, weights, preprocessing, precision or runtime",
     "text": "labels, prompts or text classifier",
@@ -159,11 +166,12 @@ class PartialOutput:
 
     def _take_over(self, old: dict[str, Any], read_as: str | None) -> None:
         """Go on from an interrupted run's side file: same key, cut back to its last whole batch."""
-        for field, value in self.key.items():
-            if old["key"].get(field) != value:
+        for field in sorted(set(self.key) | set(old["key"])):  # a field only one of them has differs too
+            was, value = old["key"].get(field, NOT_GIVEN), self.key.get(field, NOT_GIVEN)
+            if was != value:
                 os.close(self.fd)
                 # the identities and digests say only what changed; an option says from what to what
-                what = KEY_WORDS.get(field) or f"--{field.replace('_', '-')} ({old['key'].get(field)!r}, now {value!r})"
+                what = KEY_WORDS.get(field) or f"--{field.replace('_', '-')} ({was!r}, now {value!r})"
                 raise UsageError(
                     f"--resume: {self.shown} was made with other {what}: "
                     "run it as it was, or delete the side file to start over"
@@ -320,13 +328,17 @@ def folder_progress(folder: Path, fmt: str, resume: bool) -> set[str]:
             f"{folder} holds {len(files)} record files already: add --resume to go on with that run, "
             "or give an empty folder"
         )
-    log, done = logging.getLogger("zeroshot"), set()
+    from .video import unit_key
+
+    log, done = logging.getLogger("zeroshot"), set[str]()
     for f in files:
         if fmt == "parquet":
             import pyarrow.parquet as pq
 
             try:
-                done.update(pq.read_table(f, columns=["path"]).column("path").to_pylist())
+                table = pq.read_table(f)
+                cols = ["path", "time"] if "time" in table.column_names else ["path"]
+                done.update(unit_key(r) for r in table.select(cols).to_pylist())
             except Exception:  # noqa: BLE001 - no footer, cut short: any reader error means the same
                 f.unlink()
                 log.warning(f"{f.name} was cut short by the interruption: removed, its inputs are classified again")
@@ -336,7 +348,7 @@ def folder_progress(folder: Path, fmt: str, resume: bool) -> set[str]:
         whole, torn = [], lines[-1] != b""
         for line in lines[:-1]:
             try:
-                done.add(json.loads(line)["path"])
+                done.add(unit_key(json.loads(line)))
                 whole.append(line)
             except (ValueError, KeyError, TypeError):
                 torn = True

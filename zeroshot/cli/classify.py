@@ -14,6 +14,7 @@ from ..errors import UsageError
 from ..models import Precision
 from ..pipeline import DecodeOptions, Decoder
 from ..reading import DEFAULT_MAX_BYTES, DEFAULT_TIMEOUT
+from ..video import VideoOptions
 from .app import app, handle_errors
 from .common import (
     DatasetOpt,
@@ -108,6 +109,40 @@ def classify(
             help="For http(s):// inputs: seconds to connect and between reads (a download gets 6x this in all).",
         ),
     ] = DEFAULT_TIMEOUT,
+    every: Annotated[
+        float,
+        typer.Option(
+            "--every",
+            min=0.001,
+            help="Videos: sample a frame every this many seconds of presentation time (default 1.0); "
+            "each sampled frame is one record with its time and frame number.",
+        ),
+    ] = 1.0,
+    max_frames: Annotated[
+        int | None,
+        typer.Option("--max-frames", min=1, help="Videos: at most this many sampled frames per video."),
+    ] = None,
+    per_video: Annotated[
+        bool,
+        typer.Option(
+            "--per-video",
+            help="Videos: one record per video, its frames' probabilities averaged, with the times the top "
+            "label is strongest (and, with --multi-label, the segments where each label holds).",
+        ),
+    ] = False,
+    animated: Annotated[
+        bool,
+        typer.Option("--animated-as-video", help="Sample the frames of animated GIF and WebP files as videos."),
+    ] = False,
+    max_video_bytes: Annotated[
+        int,
+        typer.Option(
+            "--max-video-bytes",
+            min=0,
+            help="Refuse video files larger than this (default 64 GiB; 0: no limit). Videos are read as a "
+            "stream, so memory does not grow with their size; --max-pixels applies to their frames.",
+        ),
+    ] = 64 * 1024**3,
     null: Annotated[
         bool,
         typer.Option("--null", "-0", help="Paths on stdin (-) are separated by NUL bytes (find -print0), not lines."),
@@ -229,15 +264,20 @@ def classify(
     ] = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Classify images; one JSON record per input on stdout, in input order.
+    """Classify images and videos; one JSON record per input (per sampled video frame) on stdout, in order.
 
-    A record is {"path", "label", "score", "top_k": [{"label", "score"}, ...]} or {"path", "error"}.
+    A record is {"path", "label", "score", "top_k": [{"label", "score"}, ...]} or {"path", "error"};
+    a video frame's has "time" (seconds) and "frame" after "path".
     Exit code 1 if any input could not be classified.
     """
     if engine is Engine.LOCAL and (ray_address is not None or gpus_per_worker or cpus_per_worker is not None):
         raise UsageError("--ray-address, --gpus-per-worker and --cpus-per-worker need --engine ray")
     if not inputs:
         raise UsageError("no inputs: give image files, folders, or - to read paths from stdin")
+    if per_video and engine is Engine.RAY:
+        raise UsageError("--per-video needs the local engine (--engine ray writes a record per sampled frame)")
+    if per_video and resume:
+        raise UsageError("--resume does not go with --per-video: give frame records (no --per-video) to a long run")
     rule_options = multi_label_from(multi_label, threshold, background, calibration, min_score)
     classifier_file = open_classifier_file(classifier, labels, label, dataset, templates)
     run = ClassifyRun(
@@ -252,6 +292,9 @@ def classify(
         manifest=manifest,
         cache_images=cache_images, use_cache=not no_cache, quiet=quiet, null=null, resume=resume,
         ray=RayPlacement(ray_address, gpus_per_worker, cpus_per_worker) if engine is Engine.RAY else None,
+        video=VideoOptions(every=every, max_frames=max_frames, animated=animated, max_bytes=max_video_bytes,
+                           max_pixels=max_pixels, timeout=timeout),
+        per_video=per_video,
     )  # fmt: skip
     if run.ray is not None:
         from .engine_ray import classify_on_ray

@@ -32,8 +32,8 @@ if TYPE_CHECKING:
 InputsArg = Annotated[
     list[str] | None,
     typer.Argument(
-        help="Image files, folders (searched recursively for images), http(s):// URLs, or - to read paths from "
-        "stdin (one per line; with -0, NUL-separated)."
+        help="Image and video files, folders (searched recursively for both), http(s):// URLs, or - to read paths "
+        "from stdin (one per line; with -0, NUL-separated)."
     ),
 ]
 LabelsOpt = Annotated[

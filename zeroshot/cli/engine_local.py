@@ -4,7 +4,7 @@ records in input order to stdout or ``--output``, with the run's manifest and co
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
@@ -18,6 +18,13 @@ if TYPE_CHECKING:
     from ..manifest import RunManifest
     from ..pipeline import DecodeOptions
     from ..prompts import PromptSet
+    from ..video import VideoOptions
+
+
+def _video_defaults() -> VideoOptions:
+    from ..video import VideoOptions
+
+    return VideoOptions()
 
 
 @dataclass(frozen=True)
@@ -52,6 +59,8 @@ class ClassifyRun:
     null: bool
     ray: RayPlacement | None  # None: the local engine
     resume: bool = False  # go on from FILE.partial (zeroshot.resume)
+    video: VideoOptions = field(default_factory=lambda: _video_defaults())
+    per_video: bool = False  # one record per video (zeroshot.clips)
 
     @property
     def stdin(self) -> TextIO | None:
@@ -96,6 +105,7 @@ def classify_locally(run: ClassifyRun) -> tuple[int, int]:
     model loads only when an input needs the image tower: relabelling images whose embeddings are
     all cached builds no model and imports no torch (:func:`zeroshot.pipeline.cache_first`).
     """
+    from .. import video
     from ..classifier import remember_scoring
     from ..images import count_inputs, iter_inputs
     from ..output import FORMATS, RecordWriter, apply_min_score
@@ -158,7 +168,7 @@ def classify_locally(run: ClassifyRun) -> tuple[int, int]:
         partial = PartialOutput(where.records, key, resume=run.resume, fmt=run.fmt, read_back=sheet is not None)
     # live: paths from stdin are handed on as they arrive, and a batch is finished early whenever
     # stdin has nothing more yet, so each record comes out while the producer is still writing.
-    stream = iter_inputs(run.inputs, stdin=run.stdin, null=run.null, live=True)
+    stream = video.expand(iter_inputs(run.inputs, stdin=run.stdin, null=run.null, live=True), run.video)
     if partial is not None:
         stream = partial.skip_done(stream)  # what the side file holds already: neither decoded nor encoded
     if model_free and image_cache is not None:
@@ -169,9 +179,12 @@ def classify_locally(run: ClassifyRun) -> tuple[int, int]:
     failed = total = 0
     steps = Steps(show, "classifying", "images")
     if "-" not in run.inputs:  # paths from stdin cannot be counted ahead
-        count_in_background(steps, lambda found: count_inputs(run.inputs, found))
+        if run.per_video:
+            count_in_background(steps, lambda found: count_inputs(run.inputs, found))
+        else:  # a video's sampled frames are records of their own
+            count_in_background(steps, lambda found: video.count_records(run.inputs, run.video, found))
     writer = RecordWriter(run.fmt, where.records, multi_label=rule is not None, width=_table_width(where.records),
-                          partial=partial)  # fmt: skip
+                          partial=partial, frames=_asks_for_frames(run))  # fmt: skip
     if partial is not None:
         total, failed = partial.records, partial.errors  # a resumed run's records so far count too
         steps.advance(total)
@@ -179,7 +192,13 @@ def classify_locally(run: ClassifyRun) -> tuple[int, int]:
             for earlier in partial.kept:
                 sheet.add(earlier)  # type: ignore[arg-type]  # a record read back from the side file
     try:
-        for records in record_batches(batches, text.weights, scale, text.classes, run.top_k, rule):
+        if run.per_video:
+            from ..clips import video_record_batches
+
+            made = video_record_batches(batches, text.weights, scale, text.classes, run.top_k, rule, run.video.every)
+        else:
+            made = record_batches(batches, text.weights, scale, text.classes, run.top_k, rule)
+        for records in made:
             for record in records:
                 record = apply_min_score(record, run.min_score)
                 writer.write(record)
@@ -201,6 +220,7 @@ def classify_locally(run: ClassifyRun) -> tuple[int, int]:
         if kept is not None:
             AFTERWORDS.append(kept)
         steps.stop()
+        video.remove_downloads()
         if image_cache is not None:
             image_cache.close()
     if manifest is not None:
@@ -210,6 +230,17 @@ def classify_locally(run: ClassifyRun) -> tuple[int, int]:
             manifest.fields.update(resume_key=key_digest(partial.key), segments=partial.segments)
         _finish_manifest(manifest, run, prepared, total, failed)
     return failed, total
+
+
+def _asks_for_frames(run: ClassifyRun) -> bool:
+    """Whether the run is about video frames: a video option given, or a video named."""
+    from ..video import VideoOptions, is_video_name
+
+    if run.per_video:
+        return False
+    v, default = run.video, VideoOptions()
+    asked = v.every != default.every or v.max_frames is not None or v.animated
+    return asked or any(is_video_name(i, v.animated) for i in run.inputs)
 
 
 def _resume_key(run: ClassifyRun, prepared: Prepared, batch_size: int) -> dict[str, object]:
@@ -234,8 +265,20 @@ def _resume_key(run: ClassifyRun, prepared: Prepared, batch_size: int) -> dict[s
         inputs=hashlib.sha256(json.dumps(run.inputs).encode("utf-8", "surrogateescape")).hexdigest()[:16],
         format=run.fmt, top_k=run.top_k, min_score=run.min_score, multi_label=repr(run.multi_label),
         batch_size=batch_size, decoder=d.decoder, jpeg_draft=d.jpeg_draft, max_pixels=d.max_pixels,
-        max_bytes=d.max_bytes,
+        max_bytes=d.max_bytes, **_video_key(run.video),
     )  # fmt: skip
+
+
+def _video_key(v: VideoOptions) -> dict[str, object]:
+    """The video options that change records, where they differ from their defaults (so a side
+    file made before videos were read, which has none of them, still resumes)."""
+    from ..video import VideoOptions
+
+    default = VideoOptions()
+    fields = {"every": (v.every, default.every), "max_frames": (v.max_frames, default.max_frames),
+              "animated_as_video": (v.animated, default.animated),
+              "max_video_bytes": (v.max_bytes, default.max_bytes)}  # fmt: skip
+    return {name: value for name, (value, usual) in fields.items() if value != usual}
 
 
 def _finished_already(where: Destinations, key: dict[str, object]) -> tuple[int, int] | None:

@@ -48,7 +48,7 @@ def classify_on_ray(run: ClassifyRun) -> tuple[int, int]:
         batch_size=run.batch_size or 64, stdin=run.stdin, quiet=run.quiet, top_k=run.top_k,
         precision=run.choice.precision, runtime=run.choice.runtime, max_pixels=d.max_pixels,
         jpeg_draft=d.jpeg_draft, min_score=run.min_score, null=run.null, max_bytes=d.max_bytes, timeout=d.timeout,
-        resume=run.resume,
+        resume=run.resume, video=run.video,
     )  # fmt: skip
     write_record(summary)
     return int(summary.get("errors") or 0), int(summary.get("records") or 0)

@@ -94,6 +94,10 @@ def eval_cmd(
         Path | None, typer.Option("--train", help="With --shots: draw the examples from this labelled folder.")
     ] = None,
     max_bytes: MaxBytesOpt = DEFAULT_MAX_BYTES,
+    every: Annotated[
+        float,
+        typer.Option("--every", min=0.001, help="Videos in the folders: a frame every this many seconds (default 1)."),
+    ] = 1.0,
     no_cache: NoCacheOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -141,6 +145,7 @@ def eval_cmd(
         run = evaluate_run(
             loaded, text, folder=folder, idx_dir=data_dir, split=split.value, limit=limit,
             batch_size=batch_size, workers=workers, max_bytes=max_bytes, progress=steps.advance, tower=tower,
+            every=every,
         )  # fmt: skip
     run.record.update(precision=prepared.precision, runtime=tower.runtime)
     record, failed = run.record, run.failed
