@@ -226,8 +226,10 @@ def test_frames_are_cached_by_content_and_time(tmp_path, clips, monkeypatch):
 
     path, _, _ = clips["vp9.webm"]
     args = ["classify", path, *MODEL, "--cache-images", "--every", "1", "--workers", "0"]
-    first = invoke(*args)
+    first = invoke(*args, "--report", tmp_path / "sheet.html")
     assert first.exit_code == 0, first.output
+    sheet = (tmp_path / "sheet.html").read_text()  # a card per frame, named by its time, with the frame
+    assert sheet.count("<img ") == 6 and "vp9.webm @ 5 s" in sheet
 
     def no_model(*a, **k):
         raise AssertionError("the model was loaded although every frame is cached")

@@ -195,8 +195,9 @@ class RecordWriter:
         path_column = Column("path", overflow="fold")
         table = Table(path_column, "labels" if self.multi_label else "label", "score", "next best")
         for r in self.rows:
+            where = escape(r["path"]) + (f" [dim]@ {r['time']:g} s[/dim]" if "time" in r else "")  # a video frame
             if "error" in r:
-                table.add_row(escape(r["path"]), "[red]error[/red]", "", escape(r["error"]))
+                table.add_row(where, "[red]error[/red]", "", escape(r["error"]))
                 continue
             shown = list(r.get("labels", [])) if self.multi_label else [r["label"]] if r["label"] is not None else []
             # "next best": the best labels not shown in the label column, so the best guess is always
@@ -204,7 +205,7 @@ class RecordWriter:
             others = [t for t in r["top_k"] if t["label"] not in shown][:2]
             rest = ", ".join(f"{t['label']} {t['score']:.3f}" for t in others)
             none = "none over the threshold" if self.multi_label else "none of these"
-            table.add_row(escape(r["path"]), escape(", ".join(shown)) or f"[dim]{none}[/dim]", f"{r['score']:.4f}",
+            table.add_row(where, escape(", ".join(shown)) or f"[dim]{none}[/dim]", f"{r['score']:.4f}",
                           escape(rest))  # fmt: skip
         buf = io.StringIO()
         # At a terminal, its width (long paths fold); elsewhere, as wide as the rows need.

@@ -104,6 +104,22 @@ def file_thumbnail(path: str, max_pixels: int | None = None) -> str | None:
         return None
 
 
+def frame_thumbnail(path: str, time: float, max_pixels: int | None = None) -> str | None:
+    """The thumbnail of a video's frame at ``time`` seconds, or None (a URL, a file gone, a decode error)."""
+    from .images import DEFAULT_MAX_PIXELS, ImageError
+    from .reading import is_url
+
+    if is_url(path):
+        return None  # the run's copy is gone: not fetched again for a picture
+    from .videodecode import frame_at
+
+    try:
+        image = frame_at(path, time, DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels)
+    except (ImageError, OSError):
+        return None
+    return thumbnail_uri(image)
+
+
 def _bars(top: Sequence[Mapping[str, Any]]) -> str:
     rows = []
     for t in top:
@@ -266,7 +282,7 @@ class ContactSheet:
 
     def add(self, record: Record) -> None:
         path = str(record["path"])
-        name = Path(path).name or path
+        name = (Path(path).name or path) + (f" @ {record['time']:g} s" if "time" in record else "")  # a frame
         self.counts["records"] += 1
         head = f'<div class="name" title="{esc(path)}">{esc(name)}</div>'
         if "error" in record:
@@ -274,7 +290,10 @@ class ContactSheet:
             self.cards.append(f'<div class="card err">{_thumb(None)}{head}'
                               f'<div class="errmsg">{esc(record["error"])}</div></div>')  # fmt: skip
             return
-        uri = file_thumbnail(path, self.max_pixels) if len(self.cards) < SHEET_THUMBS else None
+        uri, when = None, record.get("time")
+        if len(self.cards) < SHEET_THUMBS:
+            limit = self.max_pixels
+            uri = frame_thumbnail(path, when, limit) if when is not None else file_thumbnail(path, limit)
         shown = ", ".join(record["labels"]) if "labels" in record else record.get("label") or ""
         if not shown:
             self.counts["none"] += 1

@@ -167,3 +167,27 @@ def _animated_frames(frames: tuple[FrameInput, ...]) -> dict[int, Any]:
         if not got:
             raise ImageError(f"cannot decode animated image ({' '.join(str(e).split()) or type(e).__name__})") from None
     return got
+
+
+def frame_at(path: str, time: float, max_pixels: int | None = None) -> Any:
+    """The frame of a local video on screen ``time`` seconds from its stream's start, upright (a
+    contact sheet's thumbnail of a frame record); :class:`ImageError` when it cannot be had."""
+    av = load_av()
+    try:
+        with av.open(path, metadata_errors="ignore") as container:
+            stream = container.streams.video[0]
+            check_pixels(stream.codec_context.width, stream.codec_context.height, max_pixels)
+            target = (stream.start_time or 0) + int(round(time / stream.time_base))
+            container.seek(target, stream=stream, backward=True, any_frame=False)
+            shown = None
+            for frame in container.decode(stream):
+                if frame.pts is not None and frame.pts > target and shown is not None:
+                    break
+                shown = frame
+            if shown is None:
+                raise ImageError(f"no frame at {time:g} s")
+            return _upright(shown.to_image(), getattr(shown, "rotation", 0) or 0)
+    except ImageError:
+        raise
+    except Exception as e:
+        raise ImageError(f"cannot decode video ({ffmpeg_message(e)})") from None
