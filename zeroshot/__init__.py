@@ -162,7 +162,7 @@ class Zeroshot:
         raise :class:`UsageError` here too.
         """
         from .assembly import multi_label_from
-        from .classifier import resolve_multilabel
+        from .calibration import resolve_multilabel
         from .images import iter_inputs
         from .output import apply_min_score
         from .pipeline import DecodeOptions, ImageEncoder, encoded_records

@@ -295,7 +295,8 @@ def prepare(
     the cache, or built) and the multi-label rule. ``eager`` loads the model now (it is needed
     to classify images); otherwise only when the text classifier or the rule needs it. ``refresh``
     rebuilds a cached text classifier."""
-    from .classifier import get_text_classifier, resolve_multilabel
+    from .calibration import resolve_multilabel
+    from .classifier import get_text_classifier
     from .models import resolve_device, resolve_precision
     from .runtimes import resolve_runtime, text_runtime
 

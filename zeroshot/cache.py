@@ -202,3 +202,13 @@ def clear() -> tuple[int, int]:
                 count += 1
                 freed += size
     return count, freed
+
+
+def package_version(name: str) -> str:
+    """An installed distribution's version, for cache keys ("unknown" when it is not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "unknown"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from .classifier import TextClassifier
     from .evaluate import EvalRun
     from .models import LoadedModel
+    from .prompts import PromptSet
 
 FORMAT = "zeroshot-multilabel-calibration"
 FORMAT_VERSION = 1
@@ -180,3 +182,24 @@ def calibrate_on(
     save_calibration(path, loaded.spec, a, b, fitted_on=run.record.get("dataset", ""), prompts=text.prompt_set.name,
                      **{k: v for k, v in info.items() if k not in ("a", "b")})  # fmt: skip
     return {"file": str(path), **info}
+
+
+def resolve_multilabel(
+    spec: ModelSpec,
+    prompt_set: PromptSet,
+    load: Callable[[], LoadedModel],
+    *,
+    threshold: float = 0.5,
+    background: str | None = None,
+    calibration: Any = None,
+) -> Any:
+    """:func:`~zeroshot.classifier.multilabel_rule` from user options: ``calibration`` is a path or a loaded
+    :class:`Calibration`, checked against ``spec``; ``load()`` is called only
+    when the rule needs the model (no calibration)."""
+    from .classifier import multilabel_rule
+
+    cal = None
+    if calibration is not None:
+        cal = calibration if isinstance(calibration, Calibration) else load_calibration(calibration)
+        check_calibration_model(cal, spec)
+    return multilabel_rule(None if cal is not None else load(), prompt_set, threshold, background, cal)

@@ -11,7 +11,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -229,13 +228,6 @@ def _encode_per_class(
         return F.normalize(torch.stack(means), dim=-1)
 
 
-def _package_version(name: str) -> str:
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return "unknown"
-
-
 def text_cache_key(spec: ModelSpec, prompt_set: PromptSet, precision: str = "fp32") -> str:
     """The canonical key text of a text classifier: model, weights, versions, prompts, precision."""
     return cache.key_text(
@@ -243,8 +235,8 @@ def text_cache_key(spec: ModelSpec, prompt_set: PromptSet, precision: str = "fp3
             "kind": "text-classifier",
             "model": spec.model,
             "weights": weights_identity(spec, cache.hash_memo_dir()),
-            "open_clip": _package_version("open_clip_torch"),
-            "torch": _package_version("torch"),
+            "open_clip": cache.package_version("open_clip_torch"),
+            "torch": cache.package_version("torch"),
             "precision": precision,
             "classes": list(prompt_set.classes),
             "templates": list(prompt_set.templates),
@@ -391,24 +383,3 @@ def multilabel_rule(
     templates = prompt_set.templates or load_pack(DEFAULT_PACK).templates
     ref = PromptSet(name="background", classes=(background or DEFAULT_BACKGROUND,), templates=templates)
     return MultiLabel(threshold=threshold, kind="background", background=encode_prompt_set(loaded, ref)[0])
-
-
-def resolve_multilabel(
-    spec: ModelSpec,
-    prompt_set: PromptSet,
-    load: Callable[[], LoadedModel],
-    *,
-    threshold: float = 0.5,
-    background: str | None = None,
-    calibration: Any = None,
-) -> Any:
-    """:func:`multilabel_rule` from user options: ``calibration`` is a path or a loaded
-    :class:`~zeroshot.calibration.Calibration`, checked against ``spec``; ``load()`` is called only
-    when the rule needs the model (no calibration)."""
-    cal = None
-    if calibration is not None:
-        from .calibration import Calibration, check_calibration_model, load_calibration
-
-        cal = calibration if isinstance(calibration, Calibration) else load_calibration(calibration)
-        check_calibration_model(cal, spec)
-    return multilabel_rule(None if cal is not None else load(), prompt_set, threshold, background, cal)

@@ -50,3 +50,19 @@ class UnsafeCheckpointError(ModelLoadError):
 
 class CacheError(ZeroshotError):
     """A cache entry could not be read or written."""
+
+
+# Not a ZeroshotError: a per-input message, carried into that input's record; the run goes on.
+class ImageError(Exception):
+    """An input that cannot be turned into an image; the message is the record's ``error``."""
+
+
+def os_error(e: OSError) -> ImageError:
+    """The record's message for a file that cannot be opened or read."""
+    if isinstance(e, FileNotFoundError):
+        return ImageError("no such file")
+    if isinstance(e, IsADirectoryError):
+        return ImageError("is a directory")
+    if isinstance(e, PermissionError):
+        return ImageError("permission denied")
+    return ImageError(f"cannot read ({e.strerror or e})")

@@ -17,7 +17,7 @@ from typing import Any
 
 from .classifier import TextClassifier, encode_prompt_set
 from .errors import UsageError
-from .images import ImageError, Input, walk_images
+from .images import ImageError, Input, is_video_name, walk_images
 from .models import LoadedModel
 from .pipeline import DecodeOptions, ImageEncoder
 from .prompts import PromptSet
@@ -99,7 +99,7 @@ def image_features(
 
     def as_input(item: Labelled) -> Input:
         inp = Input(str(item.key), item.error)
-        if array is None and video.is_video_name(inp.path):
+        if array is None and is_video_name(inp.path):
             clips[inp.path] = item
         else:
             labelled[id(inp)] = item
@@ -219,7 +219,6 @@ def per_video(feats: Any, labels: Any, keys: list[str | int], text: TextClassifi
     import numpy as np
 
     from .ranking import probabilities
-    from .video import is_video_name
 
     rows: dict[str, list[int]] = {}
     for i, key in enumerate(keys):

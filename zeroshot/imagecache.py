@@ -27,7 +27,6 @@ BUSY_TIMEOUT_S = 60.0
 
 
 def image_cache_key(loaded: Any) -> str:
-    from .classifier import _package_version
     from .weightfiles import weights_identity
 
     return cache.key_text(
@@ -35,8 +34,8 @@ def image_cache_key(loaded: Any) -> str:
             "kind": "image-embeddings",
             "model": loaded.spec.model,
             "weights": weights_identity(loaded.spec, cache.hash_memo_dir()),
-            "open_clip": _package_version("open_clip_torch"),
-            "torch": _package_version("torch"),
+            "open_clip": cache.package_version("open_clip_torch"),
+            "torch": cache.package_version("torch"),
             "preprocess": repr(loaded.preprocess),
             "decode": "exif-transpose, high-bit-depth to 8-bit",
             "precision": loaded.precision,

@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
+from .errors import ImageError, os_error  # here too: where the decoders' callers look for them
+
 log = logging.getLogger("zeroshot")
 
 IMAGE_EXTENSIONS = frozenset(
@@ -29,10 +31,16 @@ def is_image_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
-def is_video_name(name: str) -> bool:
-    from .video import VIDEO_EXTENSIONS
+VIDEO_EXTENSIONS = frozenset(
+    {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts", ".wmv", ".flv",
+     ".3gp", ".ogv"}
+)  # fmt: skip
+ANIMATED_EXTENSIONS = frozenset({".gif", ".webp"})  # images, or videos when asked (--animated-as-video)
 
-    return os.path.splitext(name)[1].lower() in VIDEO_EXTENSIONS
+
+def is_video_name(name: str, animated: bool = False) -> bool:
+    ext = os.path.splitext(name)[1].lower()
+    return ext in VIDEO_EXTENSIONS or (animated and ext in ANIMATED_EXTENSIONS)
 
 
 @dataclass(frozen=True)
@@ -224,21 +232,6 @@ def _expand(path: str) -> Iterator[Input]:
             yield Input(path, error="no image files in this folder")
     else:
         yield Input(path, error=kind_problem(mode))
-
-
-class ImageError(Exception):
-    """An input that cannot be turned into an image; the message is the record's ``error``."""
-
-
-def os_error(e: OSError) -> ImageError:
-    """The record's message for a file that cannot be opened or read."""
-    if isinstance(e, FileNotFoundError):
-        return ImageError("no such file")
-    if isinstance(e, IsADirectoryError):
-        return ImageError("is a directory")
-    if isinstance(e, PermissionError):
-        return ImageError("permission denied")
-    return ImageError(f"cannot read ({e.strerror or e})")
 
 
 def to_8bit(im: Any) -> Any:

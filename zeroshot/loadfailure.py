@@ -4,14 +4,9 @@ found, no network, offline mode), told apart by :func:`zeroshot.hub.failure_caus
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from .errors import ModelLoadError, UnknownModelError
 from .hub import NO_NETWORK, NOT_FOUND, OFFLINE_MODE, failure_cause, hub_endpoint
-from .weightfiles import first_line
-
-if TYPE_CHECKING:
-    from .models import ModelSpec
+from .weightfiles import Weights, first_line
 
 
 def unknown_model(name: str) -> UnknownModelError:
@@ -32,7 +27,7 @@ HF_INSTALL = "pip install 'transformers>=4.40' 'sentencepiece>=0.2'"
 
 
 def load_failure(
-    spec: ModelSpec, e: BaseException, *, user_offline: bool, unreachable: bool, broken: str | None = None
+    spec: Weights, e: BaseException, *, user_offline: bool, unreachable: bool, broken: str | None = None
 ) -> ModelLoadError:
     """The one-line error for a load of ``spec`` that raised ``e``: ``user_offline`` when
     ``HF_HUB_OFFLINE`` was set before the load, ``unreachable`` when the probe found no Hub, ``broken``

@@ -22,6 +22,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -111,7 +112,9 @@ def tower_for(loaded: Any, precision: str, *, threads: int = 0, loading: Any = N
     return OnnxTower(found[0], split=split, preprocess=preprocess, precision=precision, threads=threads), None
 
 
-def make_engine(loaded: Any, image_key: str, precision: str, tower: str = "image") -> Engine | str:
+def make_engine(
+    loaded: Any, image_key: str, precision: str, tower: str = "image", build: Callable[[Any, Path], dict] | None = None
+) -> Engine | str:
     """Export (for int8: quantize the fp32 export), check and store the engine; the reason when it
     cannot run. A cache that cannot be written (read-only, full) costs the next run the export, not
     this run its engine: it is made in a temporary folder outside the cache and kept in memory."""
@@ -123,14 +126,14 @@ def make_engine(loaded: Any, image_key: str, precision: str, tower: str = "image
     began = time.perf_counter()
     try:
         try:
-            figures = _build(loaded, image_key, precision, work, tower)
+            figures = _build(loaded, image_key, precision, work, tower, build)
         except OSError as e:  # the cache's disk, not the model: once more outside it
             if not in_cache:
                 raise
             cache.warn_unwritable("the CPU engine", e)
             shutil.rmtree(work, ignore_errors=True)
             work, in_cache = Path(tempfile.mkdtemp(prefix="zeroshot-onnx-")), False
-            figures = _build(loaded, image_key, precision, work, tower)
+            figures = _build(loaded, image_key, precision, work, tower, build)
     except Exception as e:  # an exporter or runtime that cannot take this model: its reason, once
         shutil.rmtree(work, ignore_errors=True)
         done = "quantized to int8" if precision == "int8" else "exported to ONNX"
@@ -151,12 +154,13 @@ def make_engine(loaded: Any, image_key: str, precision: str, tower: str = "image
     return _in_memory(work, meta, tower)
 
 
-def _build(loaded: Any, image_key: str, precision: str, work: Path, tower: str) -> dict[str, Any]:
-    """The engine's model file in ``work``, checked: its agreement figures, or ``{"reason": ...}``."""
-    if tower == "text":
-        from .onnxtext import build_text
-
-        return build_text(loaded, work / model_file("text"))
+def _build(
+    loaded: Any, image_key: str, precision: str, work: Path, tower: str, build: Callable[[Any, Path], dict] | None
+) -> dict[str, Any]:
+    """The engine's model file in ``work``, checked: its agreement figures, or ``{"reason": ...}``.
+    A tower other than the image one brings its own ``build`` (the text tower: :mod:`zeroshot.onnxtext`)."""
+    if build is not None:
+        return build(loaded, work / model_file(tower))
     if precision == "int8":
         base = read_engine(image_key, "fp32")
         if isinstance(base, str):

@@ -116,7 +116,7 @@ def text_engine(loaded: Any, loading: Any = None) -> OnnxTextTower | None:
     found = read_engine(key, "fp32", "text")
     if found is None:
         with loading.engine(loaded.spec, "text, fp32") if loading is not None else contextlib.nullcontext():
-            found = make_engine(loaded, key, "fp32", "text")
+            found = make_engine(loaded, key, "fp32", "text", build=build_text)
     if isinstance(found, str):
         if loading is not None:
             loading.notes([f"{loaded.spec.label}: the text tower runs on torch, not ONNX Runtime: {found}"])

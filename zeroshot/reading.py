@@ -23,7 +23,7 @@ import stat
 import time
 from typing import Any
 
-from .images import ImageError, os_error
+from .errors import ImageError, os_error
 
 # The pixel cap (--max-pixels, 178,956,970) as 8-bit RGB is 536,870,910 bytes: 512 MiB is the
 # largest file an uncompressed image within that cap can be (BMP, PPM, TIFF), so the default byte

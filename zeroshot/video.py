@@ -27,21 +27,11 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from .images import ImageError, Input, Pause, check_pixels
+from .images import ANIMATED_EXTENSIONS, ImageError, Input, Pause, check_pixels, is_video_name
 
-VIDEO_EXTENSIONS = frozenset(
-    {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts", ".wmv", ".flv",
-     ".3gp", ".ogv"}
-)  # fmt: skip
-ANIMATED_EXTENSIONS = frozenset({".gif", ".webp"})
 DEFAULT_MAX_VIDEO_BYTES = 64 * 1024**3  # a video is read as a stream: memory does not grow with it
 PART_FRAMES = 16  # sampled frames decoded in one pass of a worker (16 x 224 x 224 x 3 bytes: 2.4 MB)
 MAX_PACKETS = 20_000_000  # packets planned per video (over 7 days at 30 frames a second)
-
-
-def is_video_name(name: str, animated: bool = False) -> bool:
-    ext = os.path.splitext(name)[1].lower()
-    return ext in VIDEO_EXTENSIONS or (animated and ext in ANIMATED_EXTENSIONS)
 
 
 @dataclass(frozen=True)

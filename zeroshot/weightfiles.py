@@ -7,12 +7,24 @@ import contextlib
 import hashlib
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from .errors import ModelLoadError, UnsafeCheckpointError
 
-if TYPE_CHECKING:
-    from .models import ModelSpec
+
+class Weights(Protocol):
+    """What the weights' identity reads of a :class:`~zeroshot.models.ModelSpec` (which is made
+    above this module: the protocol keeps the two from importing each other)."""
+
+    @property
+    def model(self) -> str: ...
+    @property
+    def pretrained(self) -> str | None: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def label(self) -> str: ...
+
 
 # open_clip's checkpoint file suffixes, and those it loads without pickle (safetensors, numpy with
 # allow_pickle=False).
@@ -45,7 +57,7 @@ def file_sha256(path: str | Path, memo_dir: Path | None = None) -> str:
     return value
 
 
-def weights_identity(spec: ModelSpec, memo_dir: Path | None = None) -> dict[str, Any]:
+def weights_identity(spec: Weights, memo_dir: Path | None = None) -> dict[str, Any]:
     """Everything about the weights that changes the numbers, as plain JSON data."""
     if spec.kind == "file":
         assert spec.pretrained is not None

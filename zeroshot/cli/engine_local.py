@@ -234,7 +234,8 @@ def classify_locally(run: ClassifyRun) -> tuple[int, int]:
 
 def _asks_for_frames(run: ClassifyRun) -> bool:
     """Whether the run is about video frames: a video option given, or a video named."""
-    from ..video import VideoOptions, is_video_name
+    from ..images import is_video_name
+    from ..video import VideoOptions
 
     if run.per_video:
         return False
