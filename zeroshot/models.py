@@ -302,27 +302,17 @@ def uses_timm(name: str) -> bool:
     return bool((open_clip.get_model_config(name.replace("/", "-")) or {}).get("vision_cfg", {}).get("timm_model_name"))
 
 
-def load_model(
-    spec: ModelSpec, device: str = "cpu", precision: str = "fp32", downloads: DownloadReport | None = None
-) -> LoadedModel:
-    """Build the model with open_clip's factory and load its weights; never random weights.
-
-    The preprocessing is the inference transform open_clip returns for this model and checkpoint.
-    ``precision`` is passed to open_clip (fp16/bf16 weights; its LayerNorms keep fp32 maths).
-    ``downloads`` hears about each file fetched from the Hugging Face Hub (:class:`DownloadReport`).
-    """
-    import time
-
-    began = time.perf_counter()
-    import open_clip
-
-    imported = time.perf_counter()
-    register_bundled()
+def _factory_arguments(
+    spec: ModelSpec, open_clip: Any
+) -> tuple[dict[str, Any], list[str], bool, tuple[str, tuple[str, ...]]]:
+    """What open_clip's factory is given for ``spec`` (QuickGELU to match a tag's weights, a checkpoint
+    file's preprocessing), the notes that say so, whether the weights come from the Hugging Face Hub
+    and, if so, its repository and the weights' file names. Unknown models and tags, and unsafe
+    checkpoint files, are refused here, before anything is built."""
     kwargs: dict[str, Any] = {}
     notes: list[str] = []
-    unreachable = from_hub = False
+    from_hub = False
     hub_files: tuple[str, tuple[str, ...]] = ("", ())  # a Hub model's repository and its weights' names
-    user_offline = hub_offline()  # HF_HUB_OFFLINE set before we could set it ourselves
     if spec.kind == "tag":
         assert spec.pretrained is not None
         name = spec.model.replace("/", "-")
@@ -368,6 +358,28 @@ def load_model(
     elif spec.kind == "hf-hub":
         from_hub = True
         hub_files = (spec.model[len(HF_PREFIX) :], ("open_clip_config.json",))
+    return kwargs, notes, from_hub, hub_files
+
+
+def load_model(
+    spec: ModelSpec, device: str = "cpu", precision: str = "fp32", downloads: DownloadReport | None = None
+) -> LoadedModel:
+    """Build the model with open_clip's factory and load its weights; never random weights.
+
+    The preprocessing is the inference transform open_clip returns for this model and checkpoint.
+    ``precision`` is passed to open_clip (fp16/bf16 weights; its LayerNorms keep fp32 maths).
+    ``downloads`` hears about each file fetched from the Hugging Face Hub (:class:`DownloadReport`).
+    """
+    import time
+
+    began = time.perf_counter()
+    import open_clip
+
+    imported = time.perf_counter()
+    register_bundled()
+    unreachable = False
+    user_offline = hub_offline()  # HF_HUB_OFFLINE set before we could set it ourselves
+    kwargs, notes, from_hub, hub_files = _factory_arguments(spec, open_clip)
 
     tracker = Tracker(downloads)
 

@@ -4,9 +4,10 @@ records in input order to stdout or ``--output``, with the run's manifest and co
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from ..errors import UsageError
 from .common import Steps, count_in_background, output_destination, prepare_run
@@ -18,6 +19,8 @@ if TYPE_CHECKING:
     from ..manifest import RunManifest
     from ..pipeline import DecodeOptions
     from ..prompts import PromptSet
+    from ..report import ContactSheet
+    from ..resume import PartialOutput
     from ..video import VideoOptions
 
 
@@ -107,15 +110,14 @@ def classify_locally(run: ClassifyRun) -> tuple[int, int]:
     """
     from .. import video
     from ..classifier import remember_scoring
-    from ..images import count_inputs, iter_inputs
-    from ..output import FORMATS, RecordWriter, apply_min_score
-    from ..pipeline import ImageEncoder, cache_first, default_batch_size, default_workers, record_batches
+    from ..errors import AFTERWORDS
+    from ..images import iter_inputs
+    from ..output import FORMATS, RecordWriter
+    from ..pipeline import ImageEncoder, cache_first, default_batch_size, default_workers
     from ..resume import check_before_run
 
     if run.fmt not in FORMATS:
         raise UsageError(f"--format {run.fmt} needs --engine ray (the local engine writes {', '.join(FORMATS)})")
-    from ..errors import AFTERWORDS
-
     AFTERWORDS.clear()  # what an earlier command in this process kept is not this one's to say
     where = Destinations.check(run)
     check_before_run(where.records, run.resume)
@@ -129,43 +131,25 @@ def classify_locally(run: ClassifyRun) -> tuple[int, int]:
     text, rule = prepared.text, prepared.rule
     if text.scoring is None and run.classifier_file is None:
         remember_scoring(prepared.spec, text, prepared.loaded)  # the next run may need no model (nor torch)
-    facts = text.scoring
-    model_free = run.cache_images and facts is not None and not prepared.is_loaded
-    sheet = None
-    if where.report is not None:
-        from ..report import ContactSheet
-
-        sheet = ContactSheet(
-            where.report, title=f"zeroshot classify: {text.prompt_set.name}",
-            subtitle=f"model {prepared.spec.label} · {len(text.classes)} classes", max_pixels=run.decode.max_pixels,
-        )  # fmt: skip
+    model_free = run.cache_images and text.scoring is not None and not prepared.is_loaded
+    sheet = _contact_sheet(run, where, prepared)
     batch_size = run.batch_size or default_batch_size(prepared.device)
     workers = run.decode.workers if run.decode.workers is not None else default_workers(prepared.device)
     if not model_free:
         prepared.image_tower(workers)  # before the cache opens: its key depends on the runtime
     if manifest is not None:
         manifest.mark("ready")  # the model (or its engine) and the text side
-    image_cache = None
-    if run.cache_images:
-        from ..imagecache import open_image_cache
-
-        dim = facts["embed_dim"] if facts is not None else prepared.loaded.embed_dim
-        image_cache = open_image_cache(prepared.embeddings_key(), dim)
+    image_cache = _image_cache(run, prepared)
 
     def encoder() -> ImageEncoder:
         return ImageEncoder(prepared.image_tower(workers), batch_size=batch_size, image_cache=image_cache,
                             options=run.decode)  # fmt: skip
 
-    partial = None
-    if where.records is not None and where.records.regular:  # records kept as they are made
-        from ..resume import PartialOutput
-
-        key = _resume_key(run, prepared, batch_size)
-        if run.resume and (done := _finished_already(where, key)) is not None:
-            if image_cache is not None:
-                image_cache.close()
-            return done
-        partial = PartialOutput(where.records, key, resume=run.resume, fmt=run.fmt, read_back=sheet is not None)
+    partial = _side_file(run, where, prepared, batch_size, read_back=sheet is not None)
+    if isinstance(partial, tuple):  # --resume of a run that had finished: nothing to do
+        if image_cache is not None:
+            image_cache.close()
+        return partial
     # live: paths from stdin are handed on as they arrive, and a batch is finished early whenever
     # stdin has nothing more yet, so each record comes out while the producer is still writing.
     stream = video.expand(iter_inputs(run.inputs, stdin=run.stdin, null=run.null, live=True), run.video)
@@ -175,14 +159,8 @@ def classify_locally(run: ClassifyRun) -> tuple[int, int]:
         batches = cache_first(stream, image_cache, encoder, batch_size=batch_size, max_bytes=run.decode.max_bytes)
     else:
         batches = encoder().batches(stream)
-    scale = prepared.logit_scale
     failed = total = 0
-    steps = Steps(show, "classifying", "images")
-    if "-" not in run.inputs:  # paths from stdin cannot be counted ahead
-        if run.per_video:
-            count_in_background(steps, lambda found: count_inputs(run.inputs, found))
-        else:  # a video's sampled frames are records of their own
-            count_in_background(steps, lambda found: video.count_records(run.inputs, run.video, found))
+    steps = _progress(run, show)
     writer = RecordWriter(run.fmt, where.records, multi_label=rule is not None, width=_table_width(where.records),
                           partial=partial, frames=_asks_for_frames(run))  # fmt: skip
     if partial is not None:
@@ -192,24 +170,8 @@ def classify_locally(run: ClassifyRun) -> tuple[int, int]:
             for earlier in partial.kept:
                 sheet.add(earlier)  # type: ignore[arg-type]  # a record read back from the side file
     try:
-        if run.per_video:
-            from ..clips import video_record_batches
-
-            made = video_record_batches(batches, text.weights, scale, text.classes, run.top_k, rule, run.video.every)
-        else:
-            made = record_batches(batches, text.weights, scale, text.classes, run.top_k, rule)
-        for records in made:
-            for record in records:
-                record = apply_min_score(record, run.min_score)
-                writer.write(record)
-                if sheet is not None:
-                    sheet.add(record)
-                total += 1
-                failed += "error" in record
-                steps.advance()
-                if manifest is not None and "first_record" not in manifest.timings:
-                    manifest.mark("first_record")
-            writer.batch_done()
+        failed, total = _write_records(run, _records(run, prepared, batches), writer, sheet, steps, manifest,
+                                       failed, total)  # fmt: skip
         writer.close()
         if sheet is not None:
             sheet.write()
@@ -230,6 +192,96 @@ def classify_locally(run: ClassifyRun) -> tuple[int, int]:
             manifest.fields.update(resume_key=key_digest(partial.key), segments=partial.segments)
         _finish_manifest(manifest, run, prepared, total, failed)
     return failed, total
+
+
+def _side_file(
+    run: ClassifyRun, where: Destinations, prepared: Prepared, batch_size: int, *, read_back: bool
+) -> PartialOutput | tuple[int, int] | None:
+    """A regular ``--output`` FILE's side file, its records kept as they are made (None for any
+    other destination), or (failed, total) of a finished run that ``--resume`` finds complete."""
+    if where.records is None or not where.records.regular:
+        return None
+    from ..resume import PartialOutput
+
+    key = _resume_key(run, prepared, batch_size)
+    if run.resume and (done := _finished_already(where, key)) is not None:
+        return done
+    return PartialOutput(where.records, key, resume=run.resume, fmt=run.fmt, read_back=read_back)
+
+
+def _contact_sheet(run: ClassifyRun, where: Destinations, prepared: Prepared) -> ContactSheet | None:
+    """``--report``: the contact sheet the records are added to (or None)."""
+    if where.report is None:
+        return None
+    from ..report import ContactSheet
+
+    text = prepared.text
+    return ContactSheet(
+        where.report, title=f"zeroshot classify: {text.prompt_set.name}",
+        subtitle=f"model {prepared.spec.label} · {len(text.classes)} classes", max_pixels=run.decode.max_pixels,
+    )  # fmt: skip
+
+
+def _write_records(
+    run: ClassifyRun, made: Iterator[list[Any]], writer: Any, sheet: Any, steps: Steps, manifest: Any,
+    failed: int, total: int,
+) -> tuple[int, int]:  # fmt: skip
+    """Each batch's records to the writer (whole batches into a side file), the contact sheet and
+    the progress bar; the counts (failed, total), a resumed run's earlier records included."""
+    from ..output import apply_min_score
+
+    for records in made:
+        for record in records:
+            record = apply_min_score(record, run.min_score)
+            writer.write(record)
+            if sheet is not None:
+                sheet.add(record)
+            total += 1
+            failed += "error" in record
+            steps.advance()
+            if manifest is not None and "first_record" not in manifest.timings:
+                manifest.mark("first_record")
+        writer.batch_done()
+    return failed, total
+
+
+def _image_cache(run: ClassifyRun, prepared: Prepared) -> Any:
+    """``--cache-images``: the image-embedding cache for this model and runtime (or None)."""
+    if not run.cache_images:
+        return None
+    from ..imagecache import open_image_cache
+
+    facts = prepared.text.scoring
+    dim = facts["embed_dim"] if facts is not None else prepared.loaded.embed_dim
+    return open_image_cache(prepared.embeddings_key(), dim)
+
+
+def _progress(run: ClassifyRun, show: bool) -> Steps:
+    """The progress bar, its total counted beside the run (a video's sampled frames are records of
+    their own; one per video with --per-video); paths from stdin cannot be counted ahead."""
+    from .. import video
+    from ..images import count_inputs
+
+    steps = Steps(show, "classifying", "images")
+    if "-" not in run.inputs:
+        if run.per_video:
+            count_in_background(steps, lambda found: count_inputs(run.inputs, found))
+        else:
+            count_in_background(steps, lambda found: video.count_records(run.inputs, run.video, found))
+    return steps
+
+
+def _records(run: ClassifyRun, prepared: Prepared, batches: Iterator[Any]) -> Iterator[list[Any]]:
+    """Encoded batches -> records, a batch at a time: one per input and sampled frame, or with
+    ``--per-video`` one per video (:mod:`zeroshot.clips`)."""
+    from ..pipeline import record_batches
+
+    text, rule, scale = prepared.text, prepared.rule, prepared.logit_scale
+    if run.per_video:
+        from ..clips import video_record_batches
+
+        return video_record_batches(batches, text.weights, scale, text.classes, run.top_k, rule, run.video.every)
+    return record_batches(batches, text.weights, scale, text.classes, run.top_k, rule)
 
 
 def _asks_for_frames(run: ClassifyRun) -> bool:

@@ -137,9 +137,15 @@ def eval_cmd(
         if folder is not None:
             from ..evaluate import folder_items
 
-            def count(found: Callable[[int], None]) -> int:
-                n = sum(1 for _ in folder_items(folder, text.prompt_set.classes))
-                return min(n, limit) if limit else n
+            def count(found: Callable[[int], None]) -> int:  # a video's sampled frames each count
+                import itertools
+
+                from ..images import Input
+                from ..video import VideoOptions, expand
+
+                items = itertools.islice(folder_items(folder, text.prompt_set.classes), limit or None)
+                inputs = (Input(str(item.key), item.error) for item in items)
+                return sum(1 for _ in expand(inputs, VideoOptions(every=every), urls=False))
 
             count_in_background(steps, count)
         run = evaluate_run(
