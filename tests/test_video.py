@@ -241,3 +241,18 @@ def test_frames_are_cached_by_content_and_time(tmp_path, clips, monkeypatch):
     # Other times of the same file are other keys: a miss, so the model is needed (and refused here).
     again = invoke("classify", path, *MODEL, "--cache-images", "--every", "0.5", "--workers", "0")
     assert again.exit_code != 0 and len(again.stdout.splitlines()) == 1  # 0 s was cached; 0.5 s was not
+
+
+def test_byte_caps_for_videos(clips):
+    """--max-bytes, when given, caps videos too; --max-video-bytes caps them alone; each refusal
+    names the option it comes from. Without either, a video over the image cap is read."""
+    path, _, _ = clips["h264.mp4"]
+    size = path.stat().st_size
+    for option, shown in (("--max-bytes", "--max-bytes"), ("--max-video-bytes", "--max-video-bytes")):
+        result = invoke("classify", path, *MODEL, "--workers", "0", option, "1000")
+        assert result.exit_code == 1
+        assert json.loads(result.stdout) == {
+            "path": str(path), "error": f"too large: {size:,} bytes, over the {shown} limit of 1,000"
+        }  # fmt: skip
+    both = invoke("classify", path, *MODEL, "--workers", "0", "--max-bytes", "1000", "--max-video-bytes", "0")
+    assert both.exit_code == 0 and len(both.stdout.splitlines()) == 6  # --max-video-bytes decides for videos

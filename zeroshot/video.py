@@ -61,6 +61,7 @@ class VideoOptions:
     max_frames: int | None = None
     animated: bool = False
     max_bytes: int | None = DEFAULT_MAX_VIDEO_BYTES
+    cap_option: str = "--max-video-bytes"  # the option the byte cap came from, named when it refuses
     max_pixels: int | None = None
     timeout: float = 20.0
 
@@ -313,12 +314,15 @@ def _local_copy(path: str, opts: VideoOptions) -> str:
     from .reading import _open_regular, fetch_url, is_url
 
     if not is_url(path):
-        fd = _open_regular(path, opts.max_bytes)
+        fd = _open_regular(path, None)
         try:
-            if os.fstat(fd).st_size == 0:
-                raise ImageError("empty file (0 bytes)")
+            size = os.fstat(fd).st_size
         finally:
             os.close(fd)
+        if size == 0:
+            raise ImageError("empty file (0 bytes)")
+        if opts.max_bytes and size > opts.max_bytes:
+            raise ImageError(f"too large: {size:,} bytes, over the {opts.cap_option} limit of {opts.max_bytes:,}")
         return path
     global _downloads
     data = fetch_url(path, opts.max_bytes, opts.timeout)

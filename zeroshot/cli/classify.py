@@ -139,8 +139,9 @@ def classify(
         typer.Option(
             "--max-video-bytes",
             min=0,
-            help="Refuse video files larger than this (default 64 GiB; 0: no limit). Videos are read as a "
-            "stream, so memory does not grow with their size; --max-pixels applies to their frames.",
+            help="Refuse video files larger than this (default: --max-bytes when given, else 64 GiB; 0: no limit). "
+            "Videos are read as a stream, so memory does not grow with their size; --max-pixels applies to "
+            "their frames.",
         ),
     ] = 64 * 1024**3,
     null: Annotated[
@@ -280,6 +281,7 @@ def classify(
         raise UsageError("--resume does not go with --per-video: give frame records (no --per-video) to a long run")
     rule_options = multi_label_from(multi_label, threshold, background, calibration, min_score)
     classifier_file = open_classifier_file(classifier, labels, label, dataset, templates)
+    video_cap, cap_option = _video_cap(max_bytes, max_video_bytes)
     run = ClassifyRun(
         inputs=inputs,
         choice=model_choice(model, pretrained, preprocess, device, precision, runtime),
@@ -292,8 +294,8 @@ def classify(
         manifest=manifest,
         cache_images=cache_images, use_cache=not no_cache, quiet=quiet, null=null, resume=resume,
         ray=RayPlacement(ray_address, gpus_per_worker, cpus_per_worker) if engine is Engine.RAY else None,
-        video=VideoOptions(every=every, max_frames=max_frames, animated=animated, max_bytes=max_video_bytes,
-                           max_pixels=max_pixels, timeout=timeout),
+        video=VideoOptions(every=every, max_frames=max_frames, animated=animated, max_bytes=video_cap,
+                           cap_option=cap_option, max_pixels=max_pixels, timeout=timeout),
         per_video=per_video,
     )  # fmt: skip
     if run.ray is not None:
@@ -306,3 +308,14 @@ def classify(
         if not quiet:
             sys.stderr.write(f"zeroshot: {failed} of {total} inputs could not be classified\n")
         raise typer.Exit(1)
+
+
+def _video_cap(max_bytes: int, max_video_bytes: int) -> tuple[int, str]:
+    """The byte cap for video files and the option it comes from: --max-video-bytes when given; else
+    --max-bytes when given (it applies to every input); else the video default (64 GiB: a video is
+    read as a stream, and 512 MiB, the image cap, refuses a phone's five minutes of 4K)."""
+    from ..video import DEFAULT_MAX_VIDEO_BYTES
+
+    if max_video_bytes == DEFAULT_MAX_VIDEO_BYTES and max_bytes != DEFAULT_MAX_BYTES:
+        return max_bytes, "--max-bytes"
+    return max_video_bytes, "--max-video-bytes"
