@@ -19,15 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, cast
 
-from .ranking import (
-    MultiLabel,
-    Record,
-    error_record,
-    multilabel_records,
-    multilabel_scores,
-    probabilities,
-    records,
-)
+from .ranking import MultiLabel, Record, error_record, scored_records, scores
 from .video import FrameInput
 
 PEAKS = 3
@@ -58,13 +50,8 @@ def video_record_batches(
         good = [e for e in batch if e.feature is not None]
         rows: dict[int, Any] = {}
         if good:
-            feats = _stacked([e.feature for e in good])
-            scores = (
-                probabilities(feats, weights, scale)
-                if multi_label is None
-                else multilabel_scores(feats, weights, scale, multi_label)
-            )
-            rows = {id(e): scores[i] for i, e in enumerate(good)}
+            table = scores(_stacked([e.feature for e in good]), weights, scale, multi_label)
+            rows = {id(e): table[i] for i, e in enumerate(good)}
         out: list[Record] = []
         for e in batch:
             if isinstance(e.input, FrameInput):
@@ -90,9 +77,7 @@ def video_record_batches(
 def _one(path: str, row: Any, error: str | None, classes: Sequence[str], top_k: int, rule: MultiLabel | None) -> Record:
     if row is None:
         return error_record(path, error or "unknown error")
-    if rule is None:
-        return records([path], row[None, :], classes, top_k)[0]
-    return multilabel_records([path], row[None, :], classes, top_k, rule.threshold)[0]
+    return scored_records([path], row[None, :], classes, top_k, rule)[0]
 
 
 def _clip_record(clip: _Clip, classes: Sequence[str], top_k: int, rule: MultiLabel | None, every: float) -> Record:

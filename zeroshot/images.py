@@ -35,6 +35,7 @@ VIDEO_EXTENSIONS = frozenset(
     {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts", ".wmv", ".flv",
      ".3gp", ".ogv"}
 )  # fmt: skip
+INPUT_EXTENSIONS = IMAGE_EXTENSIONS | VIDEO_EXTENSIONS  # what a folder's walk picks up
 ANIMATED_EXTENSIONS = frozenset({".gif", ".webp"})  # images, or videos when asked (--animated-as-video)
 
 
@@ -91,7 +92,7 @@ def walk_images(root: str, seen: set[tuple[int, int]]) -> Iterator[Input]:
             is_dir = is_file = False
         if is_dir:
             yield from walk_images(entry.path, seen)
-        elif is_image_name(entry.name) or is_video_name(entry.name):
+        elif os.path.splitext(entry.name)[1].lower() in INPUT_EXTENSIONS:
             yield Input(entry.path, error=None if is_file else _special_file_problem(entry.path))
 
 

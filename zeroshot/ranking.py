@@ -147,10 +147,24 @@ def feature_records(
 ) -> list[Record]:
     """Raw image features [N, D] -> one record per path: softmax ranking, or per-label decisions
     with ``multi_label``. The one step both engines (local and Ray) share."""
+    rows = scores(image_features, class_weights, logit_scale, multi_label)
+    return scored_records(paths, rows, classes, top_k, multi_label)
+
+
+def scores(image_features: Any, class_weights: Any, logit_scale: float, multi_label: MultiLabel | None) -> Any:
+    """[N, C] numpy float64: softmax probabilities, or with ``multi_label`` per-label scores."""
     if multi_label is None:
-        return records(paths, probabilities(image_features, class_weights, logit_scale), classes, top_k)
-    scores = multilabel_scores(image_features, class_weights, logit_scale, multi_label)
-    return multilabel_records(paths, scores, classes, top_k, multi_label.threshold)
+        return probabilities(image_features, class_weights, logit_scale)
+    return multilabel_scores(image_features, class_weights, logit_scale, multi_label)
+
+
+def scored_records(
+    paths: Sequence[str], rows: Any, classes: Sequence[str], top_k: int, multi_label: MultiLabel | None
+) -> list[Record]:
+    """One record per row of :func:`scores` (``--per-video`` gives it a video's mean row)."""
+    if multi_label is None:
+        return records(paths, rows, classes, top_k)
+    return multilabel_records(paths, rows, classes, top_k, multi_label.threshold)
 
 
 def error_record(path: str, message: str) -> Record:

@@ -59,8 +59,9 @@ def kind_problem(mode: int) -> str | None:
     return "not a regular file"
 
 
-def too_large(size: int, max_bytes: int) -> ImageError:
-    return ImageError(f"too large: {size:,} bytes, over the --max-bytes limit of {max_bytes:,}")
+def too_large(size: int, max_bytes: int, option: str = "--max-bytes") -> ImageError:
+    """The record's message for an input over its byte cap, naming the option the cap comes from."""
+    return ImageError(f"too large: {size:,} bytes, over the {option} limit of {max_bytes:,}")
 
 
 def _grew(max_bytes: int) -> ImageError:

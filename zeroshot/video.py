@@ -311,7 +311,7 @@ def _local_copy(path: str, opts: VideoOptions) -> str:
     """A path FFmpeg can open: a regular file within the byte cap (checked on an open descriptor, so
     a FIFO is never opened blocking), or a URL's bytes fetched once into a temporary folder that
     :func:`remove_downloads` deletes."""
-    from .reading import _open_regular, fetch_url, is_url
+    from .reading import _open_regular, fetch_url, is_url, too_large
 
     if not is_url(path):
         fd = _open_regular(path, None)
@@ -322,7 +322,7 @@ def _local_copy(path: str, opts: VideoOptions) -> str:
         if size == 0:
             raise ImageError("empty file (0 bytes)")
         if opts.max_bytes and size > opts.max_bytes:
-            raise ImageError(f"too large: {size:,} bytes, over the {opts.cap_option} limit of {opts.max_bytes:,}")
+            raise too_large(size, opts.max_bytes, opts.cap_option)
         return path
     global _downloads
     data = fetch_url(path, opts.max_bytes, opts.timeout)
