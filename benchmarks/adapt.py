@@ -4,7 +4,7 @@ fashion-mini on Fashion-MNIST (its own domain; the examples from the train split
 10,000 test images) for K = 1, 2, 4, 8, 16 examples per class, and on two domains it has never seen
 (benchmarks/shapes.py: 12 kinds of drawn shapes; benchmarks/textures.py: 10 kinds of texture; K = 8
 and 16, scored on the other images). Several seeds each; top-1 mean, range and worst seed.
-``--compare`` adds the rule before the skill test (zeroshot.adapt.zero_shot_knows) on the same draws.
+``--compare`` adds the rule before the skill test (zeroshot.uses.adapt.zero_shot_knows) on the same draws.
 
     .venv/bin/python benchmarks/adapt.py [--seeds 5] [--shots 1 2 4 8 16] [--compare]
 """
@@ -35,13 +35,13 @@ def worst(stats: dict) -> str:
 def old_rule() -> contextlib.AbstractContextManager:
     """The rule before the skill test (the one-standard-error choice whatever zero-shot does on the
     examples), for the comparison rows."""
-    from zeroshot import adapt
+    from zeroshot.uses import adapt
 
     return mock.patch.object(adapt, "zero_shot_knows", lambda feats, labels, w0: True)
 
 
 def rows_for(domain: str, loaded, text, run, k: int, seeds: int, compare: bool) -> list[list[str]]:
-    from zeroshot.adapt import few_shot_eval
+    from zeroshot.uses.adapt import few_shot_eval
 
     out = []
     for rule in ("skill test", "before") if compare else ("skill test",):
@@ -67,8 +67,8 @@ def main() -> None:
     import textures
 
     from zeroshot.assembly import ModelChoice, prepare
-    from zeroshot.evaluate import evaluate_run
-    from zeroshot.prompts import load_pack, resolve_prompt_set
+    from zeroshot.text.prompts import load_pack, resolve_prompt_set
+    from zeroshot.uses.evaluate import evaluate_run
 
     print(machine())
     prepared = prepare(ModelChoice("fashion-mini", device="cpu", runtime="torch"), load_pack("fashion-mnist"))

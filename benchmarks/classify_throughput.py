@@ -45,8 +45,9 @@ def bare_rate(loaded: Any, x: Any, batch_size: int) -> float:
 
 
 def zeroshot_run(loaded: Any, text: Any, folder: Path, batch_size: int, **opts: Any) -> tuple[float, list[dict]]:
-    from zeroshot.images import iter_inputs
-    from zeroshot.pipeline import DecodeOptions, classify_inputs
+    from zeroshot.image.images import iter_inputs
+    from zeroshot.towers.pipeline import DecodeOptions
+    from zeroshot.uses.records import classify_inputs
 
     out = open("/dev/null", "w")  # noqa: SIM115
     recs = []
@@ -146,9 +147,10 @@ def main() -> None:
     import torch
 
     from zeroshot import resolve_prompt_set
-    from zeroshot.classifier import get_text_classifier
-    from zeroshot.images import load_tensor
-    from zeroshot.models import load_model, resolve_precision, resolve_spec
+    from zeroshot.image.images import load_tensor
+    from zeroshot.model.devices import resolve_precision
+    from zeroshot.model.models import load_model, resolve_spec
+    from zeroshot.text.classifier import get_text_classifier
 
     folder = args.work / f"photos-{args.images}"
     paths = photo_jpegs(folder, args.images)

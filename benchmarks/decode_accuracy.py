@@ -31,11 +31,12 @@ def main() -> None:
     from PIL import Image
 
     from zeroshot import resolve_prompt_set
-    from zeroshot.classifier import get_text_classifier
-    from zeroshot.idx import load_split
-    from zeroshot.images import Input
-    from zeroshot.models import load_model, resolve_spec
-    from zeroshot.pipeline import DecodeOptions, classify_inputs
+    from zeroshot.image.idx import load_split
+    from zeroshot.image.images import Input
+    from zeroshot.model.models import load_model, resolve_spec
+    from zeroshot.text.classifier import get_text_classifier
+    from zeroshot.towers.pipeline import DecodeOptions
+    from zeroshot.uses.records import classify_inputs
 
     images, labels = load_split(None, "test")
     folder = args.work / f"fashion-jpeg-{args.size}"

@@ -29,7 +29,7 @@ def main() -> None:
     import torch
     from open_clip.model import _build_vision_tower
 
-    from zeroshot.catalog import FAMILIES, needs_of
+    from zeroshot.model.catalog import FAMILIES, needs_of
 
     print(machine())
     rows = []

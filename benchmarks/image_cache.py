@@ -42,11 +42,12 @@ def main() -> None:
     os.environ["ZEROSHOT_CACHE_DIR"] = str(cache_dir)
 
     from zeroshot import resolve_prompt_set
-    from zeroshot.classifier import get_text_classifier
-    from zeroshot.imagecache import ImageEmbeddingCache, image_cache_key
-    from zeroshot.images import Input
-    from zeroshot.models import load_model, resolve_spec
-    from zeroshot.pipeline import classify_inputs
+    from zeroshot.image.imagecache import ImageEmbeddingCache
+    from zeroshot.image.images import Input
+    from zeroshot.model.models import load_model, resolve_spec
+    from zeroshot.model.weightfiles import image_cache_key
+    from zeroshot.text.classifier import get_text_classifier
+    from zeroshot.uses.records import classify_inputs
 
     folder = args.work / f"photos-{args.images}"
     paths = [str(p) for p in photo_jpegs(folder, args.images)]

@@ -23,12 +23,12 @@ import sys
 import numpy as np
 import torch
 
-from zeroshot.calibration import expected_calibration_error, fit_platt
-from zeroshot.classifier import encode_prompt_set, multilabel_rule
-from zeroshot.idx import load_split
-from zeroshot.models import BUNDLED_NAME, load_model, resolve_spec
-from zeroshot.prompts import load_pack
-from zeroshot.ranking import MultiLabel, multilabel_scores, probabilities
+from zeroshot.image.idx import load_split
+from zeroshot.model.models import BUNDLED_NAME, load_model, resolve_spec
+from zeroshot.text.classifier import encode_prompt_set
+from zeroshot.text.prompts import load_pack
+from zeroshot.uses.calibration import expected_calibration_error, fit_platt, multilabel_rule
+from zeroshot.uses.ranking import MultiLabel, multilabel_scores, probabilities
 
 
 def composites(n: int, seed: int) -> tuple[list[np.ndarray], np.ndarray]:

@@ -75,7 +75,7 @@ def main() -> None:
     parser.add_argument("--only", default="", help="comma-separated model names (default: every family)")
     args = parser.parse_args()
     from tests.standin_hub import StandInHub, hub_env, publish_tag, publish_tokenizer
-    from zeroshot.catalog import FAMILIES
+    from zeroshot.model.catalog import FAMILIES
 
     chosen = [f for f in FAMILIES if not args.only or f[1] in args.only.split(",")]
     work = DEFAULT_WORK / "onnx-families"

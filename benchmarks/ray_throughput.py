@@ -3,8 +3,8 @@
 Generates photo-like 640x480 JPEGs and a random-weights ViT-B-32 (speed does not depend on the
 weights' values), starts one local Ray, and times, in the same process:
 
-- the local engine (zeroshot.pipeline.classify_inputs, default options), as the baseline;
-- the Ray engine (zeroshot.distributed.run, JSON Lines to a folder) with 1 worker of 1 CPU,
+- the local engine (zeroshot.towers.pipeline.classify_inputs, default options), as the baseline;
+- the Ray engine (zeroshot.engines.distributed.run, JSON Lines to a folder) with 1 worker of 1 CPU,
   2 workers of 1 CPU each, and 1 worker of all CPUs (GPU workers with --gpus-per-worker).
 
 Ray's times are wall clock from submitting the dataset to the last file written, so they include
@@ -36,12 +36,13 @@ def main() -> None:
 
     import ray
 
-    from zeroshot.classifier import get_text_classifier
-    from zeroshot.distributed import SharedClassifier, run
-    from zeroshot.images import iter_inputs
-    from zeroshot.models import load_model, resolve_device, resolve_spec
-    from zeroshot.pipeline import classify_inputs
-    from zeroshot.prompts import load_pack
+    from zeroshot.engines.distributed import SharedClassifier, run
+    from zeroshot.image.images import iter_inputs
+    from zeroshot.model.devices import resolve_device
+    from zeroshot.model.models import load_model, resolve_spec
+    from zeroshot.text.classifier import get_text_classifier
+    from zeroshot.text.prompts import load_pack
+    from zeroshot.uses.records import classify_inputs
 
     folder = args.work / f"photos-{args.images}"
     photo_jpegs(folder, args.images)

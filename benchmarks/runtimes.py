@@ -56,9 +56,9 @@ def bare(name: str, env: dict[str, str], batch: int, rounds: int = 3) -> dict[st
     code = f"""
 import json, os, statistics, time
 import numpy as np, torch
-from zeroshot.models import load_model, resolve_spec
-from zeroshot.onnxexport import tower_for
-from zeroshot.onnxexport import input_shape
+from zeroshot.model.models import load_model, resolve_spec
+from zeroshot.towers.onnxexport import tower_for
+from zeroshot.towers.onnxexport import input_shape
 loaded = load_model(resolve_spec({name!r}, {TAGS[name]!r}))
 x = torch.randn(({batch}, *input_shape(loaded)))
 def rate(fn):
@@ -122,7 +122,7 @@ def text_side(env: dict[str, str], work: Path, classes: int) -> None:
     import numpy as np
     from safetensors.numpy import load_file
 
-    from zeroshot.prompts import load_pack
+    from zeroshot.text.prompts import load_pack
 
     labels = work / "imagenet-classes.txt"
     labels.write_text("\n".join(load_pack("imagenet").classes[:classes]) + "\n")

@@ -43,10 +43,10 @@ def main() -> None:
     import torch
 
     from zeroshot import load_pack
-    from zeroshot.cache import entry_path, key_digest, load_entry
-    from zeroshot.classifier import encode_prompt_set, get_text_classifier, text_cache_key
-    from zeroshot.models import load_model, resolve_spec
-    from zeroshot.prompts import PromptSet, resolve_prompt_set
+    from zeroshot.base.cache import entry_path, key_digest, load_entry
+    from zeroshot.model.models import load_model, resolve_spec
+    from zeroshot.text.classifier import encode_prompt_set, get_text_classifier, text_cache_key
+    from zeroshot.text.prompts import PromptSet, resolve_prompt_set
 
     ckpt = args.pretrained or str(random_checkpoint(args.work, args.model))
     cache_dir = args.work / "text-cache"

@@ -88,7 +88,7 @@ def main() -> None:
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     from zeroshot import Zeroshot
-    from zeroshot.prompts import resolve_prompt_set
+    from zeroshot.text.prompts import resolve_prompt_set
 
     pretrained = args.pretrained or str(random_checkpoint(DEFAULT_WORK, args.model))
     zs = Zeroshot(args.model, pretrained, device="cpu", runtime=args.runtime)

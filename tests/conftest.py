@@ -23,7 +23,7 @@ DATA = Path(__file__).parent / "data"
 # Fashion-MNIST: Debian's package, or the copy scripts/fetch-data unpacks into the repository.
 _LOCAL_FASHION = Path(__file__).resolve().parent.parent / ".data" / "fashion-mnist"
 if not os.environ.get("ZEROSHOT_FASHION_MNIST_DIR") and _LOCAL_FASHION.is_dir():
-    from zeroshot.idx import FASHION_MNIST_DIR
+    from zeroshot.image.idx import FASHION_MNIST_DIR
 
     if not FASHION_MNIST_DIR.is_dir():
         os.environ["ZEROSHOT_FASHION_MNIST_DIR"] = str(_LOCAL_FASHION)
@@ -32,7 +32,7 @@ if not os.environ.get("ZEROSHOT_FASHION_MNIST_DIR") and _LOCAL_FASHION.is_dir():
 @pytest.fixture(scope="session")
 def fashion_mnist() -> Path:
     """The Fashion-MNIST IDX folder; a test that needs it fails (never skips) when it is missing."""
-    from zeroshot.idx import default_dir
+    from zeroshot.image.idx import default_dir
 
     folder = default_dir()
     if not (folder / "t10k-images-idx3-ubyte.gz").is_file() and not (folder / "t10k-images-idx3-ubyte").is_file():
@@ -133,7 +133,7 @@ def invoke(*args, input=None):
 @pytest.fixture(scope="session")
 def vit(checkpoint):
     """The random-weights ViT-S-32 checkpoint (:data:`ARCH`), loaded once for the session."""
-    from zeroshot.models import load_model, resolve_spec
+    from zeroshot.model.models import load_model, resolve_spec
 
     return load_model(resolve_spec(ARCH, str(checkpoint)))
 
@@ -142,7 +142,7 @@ def vit(checkpoint):
 def fake_model(monkeypatch):
     """Every model load in this process gets :mod:`tests.fakes`' fake model (nothing downloaded,
     nothing built); returns the model arguments a command needs."""
-    from zeroshot import models
+    from zeroshot.model import models
 
     from .fakes import fake_loader
 

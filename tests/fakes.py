@@ -1,6 +1,6 @@
 """A fake model for tests about options and records, not numbers: no open_clip load, no weights.
 
-:func:`fake_loader` stands in for :func:`zeroshot.models.load_model`. Its model scores an image by
+:func:`fake_loader` stands in for :func:`zeroshot.model.models.load_model`. Its model scores an image by
 its mean red, green and blue and a prompt by which colour word it names, so a test can predict
 every record: a red image is "red". It has the parts the image core and the text side use
 (``encode_image``, ``encode_text``, ``logit_scale``, a torchvision preprocessing, a tokenizer).
@@ -54,7 +54,7 @@ def fake_model() -> Any:
 def fake_loader(spec: Any, device: str = "cpu", precision: str = "fp32", downloads: Any = None) -> Any:
     from torchvision import transforms
 
-    from zeroshot.models import LoadedModel
+    from zeroshot.model.models import LoadedModel
 
     preprocess = transforms.Compose(
         [transforms.Resize(8), transforms.CenterCrop(8), transforms.ToTensor(),

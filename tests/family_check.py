@@ -36,8 +36,8 @@ def reference(
     from open_clip import build_zero_shot_classifier
     from PIL import Image
 
-    from zeroshot.fastload import skip_random_init
-    from zeroshot.prompts import load_pack, render
+    from zeroshot.model.fastload import skip_random_init
+    from zeroshot.text.prompts import load_pack, render
 
     tag = preprocess_tag or weights
     cfg = open_clip.get_pretrained_cfg(name, tag) or {}
@@ -127,8 +127,8 @@ def main(argv: list[str]) -> None:
 
 
 def inspect(name: str, tag: str) -> dict:
-    from zeroshot.models import load_model, resolve_spec
-    from zeroshot.texttower import prefix_shareable, trimmable
+    from zeroshot.model.models import load_model, resolve_spec
+    from zeroshot.text.texttower import prefix_shareable, trimmable
 
     loaded = load_model(resolve_spec(name, tag))
     tok = loaded.tokenizer

@@ -12,8 +12,8 @@ import torch
 from safetensors import safe_open
 
 import zeroshot
-from zeroshot.adapt import adapt, fit
-from zeroshot.models import BUNDLED_NAME
+from zeroshot.model.models import BUNDLED_NAME
+from zeroshot.uses.adapt import adapt, fit
 
 from .conftest import invoke
 
@@ -114,7 +114,7 @@ def test_where_zero_shot_knows_nothing_the_probe_is_free_and_one_example_still_k
     seen): the adapted weights are the plain probe's, whatever the cross-validation scored. Just
     over chance is not enough (3 standard errors). With one example per class there is no evidence
     either way, and zero-shot is kept."""
-    from zeroshot.adapt import zero_shot_knows
+    from zeroshot.uses.adapt import zero_shot_knows
 
     g = torch.Generator().manual_seed(1)
     classes = [f"c{i}" for i in range(10)]

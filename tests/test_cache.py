@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from zeroshot import cache
-from zeroshot.classifier import text_cache_key
+from zeroshot.base import cache
 from zeroshot.cli import app
-from zeroshot.models import resolve_spec
-from zeroshot.prompts import resolve_prompt_set
+from zeroshot.model.models import resolve_spec
+from zeroshot.text.classifier import text_cache_key
+from zeroshot.text.prompts import resolve_prompt_set
 
 from .conftest import ARCH
 

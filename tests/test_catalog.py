@@ -9,9 +9,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from zeroshot.catalog import ARCHITECTURES_FILE, RESULTS_FILE, catalog, counted_params, family_of, sort_rows
 from zeroshot.cli import app
-from zeroshot.models import BUNDLED_NAME
+from zeroshot.model.catalog import ARCHITECTURES_FILE, RESULTS_FILE, catalog, counted_params, family_of, sort_rows
+from zeroshot.model.models import BUNDLED_NAME
 
 
 @pytest.fixture(scope="module")

@@ -10,11 +10,11 @@ import torch.nn.functional as F
 from PIL import Image
 from typer.testing import CliRunner
 
-from zeroshot.classifier import encode_prompt_set, text_cache_key
+from zeroshot.base.errors import PromptError
 from zeroshot.cli import app
-from zeroshot.errors import PromptError
-from zeroshot.models import resolve_spec
-from zeroshot.prompts import ClassPrompts, PromptSet, load_pack_file, resolve_prompt_set
+from zeroshot.model.models import resolve_spec
+from zeroshot.text.classifier import encode_prompt_set, text_cache_key
+from zeroshot.text.prompts import ClassPrompts, PromptSet, load_pack_file, resolve_prompt_set
 
 from .conftest import ARCH
 

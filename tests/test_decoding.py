@@ -23,8 +23,7 @@ import torch
 from PIL import Image
 
 from zeroshot import resolve_prompt_set
-from zeroshot.classifier import get_text_classifier
-from zeroshot.decoding import (
+from zeroshot.image.decoding import (
     FileDecoder,
     Jpeg,
     SquashPilStage,
@@ -33,11 +32,13 @@ from zeroshot.decoding import (
     split_preprocess,
     to_model_input,
 )
-from zeroshot.images import Input, open_image
-from zeroshot.models import BUNDLED_NAME, load_model, resolve_spec
-from zeroshot.pipeline import DecodeOptions, classify_inputs
-from zeroshot.streams import decode_stream
-from zeroshot.tensordecode import BatchJpegDecoder, orient
+from zeroshot.image.images import Input, open_image
+from zeroshot.image.streams import decode_stream
+from zeroshot.image.tensordecode import BatchJpegDecoder, orient
+from zeroshot.model.models import BUNDLED_NAME, load_model, resolve_spec
+from zeroshot.text.classifier import get_text_classifier
+from zeroshot.towers.pipeline import DecodeOptions
+from zeroshot.uses.records import classify_inputs
 
 from .conftest import make_image
 

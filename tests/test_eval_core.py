@@ -1,4 +1,4 @@
-"""`eval` measures what `classify` ships: both run the same image core (zeroshot.pipeline.ImageEncoder)."""
+"""`eval` measures what `classify` ships: both run the same image core (zeroshot.towers.pipeline.ImageEncoder)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import json
 from PIL import Image
 
 from zeroshot.assembly import ModelChoice, prepare
-from zeroshot.evaluate import evaluate_run
-from zeroshot.prompts import resolve_prompt_set
+from zeroshot.text.prompts import resolve_prompt_set
+from zeroshot.uses.evaluate import evaluate_run
 
 from .conftest import ARCH, invoke, make_image
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from zeroshot.export import ClassifierFileError, load_classifier
+from zeroshot.uses.export import ClassifierFileError, load_classifier
 
 from .conftest import ARCH, invoke
 
@@ -57,7 +57,7 @@ def test_round_trip_keeps_embeddings_classes_and_prompts(exported, checkpoint):
 
 
 def _pack_prompts(pack):
-    from zeroshot.prompts import load_pack_file
+    from zeroshot.text.prompts import load_pack_file
 
     return load_pack_file(pack).class_prompts()
 
@@ -110,7 +110,7 @@ def test_unusable_files_are_one_line_errors(exported, tmp_path, case, image_dir)
     else:  # weights scaled: rows no longer unit vectors
         from safetensors.numpy import load_file, save_file
 
-        from zeroshot import cache
+        from zeroshot.base import cache
 
         save_file({"weights": load_file(str(out))["weights"] * 2}, str(bad), metadata=cache.read_metadata(out))
         expect = "not finite unit vectors"

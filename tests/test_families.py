@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import save_file
 
-from zeroshot.catalog import FAMILIES
+from zeroshot.model.catalog import FAMILIES
 
 from .conftest import make_image
 from .standin_hub import StandInHub, hub_env, publish_tag, publish_tokenizer

@@ -17,9 +17,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from zeroshot.cli import app
-from zeroshot.idx import read_idx
-from zeroshot.models import BUNDLED_NAME, BUNDLED_WEIGHTS, load_model, register_bundled, resolve_spec
-from zeroshot.prompts import load_pack
+from zeroshot.image.idx import read_idx
+from zeroshot.model.models import BUNDLED_NAME, BUNDLED_WEIGHTS, load_model, register_bundled, resolve_spec
+from zeroshot.text.prompts import load_pack
 
 from .conftest import DATA
 

@@ -50,11 +50,11 @@ def test_fast_build_equals_plain_open_clip_build(checkpoint, image_dir):
     import torch
     from PIL import Image
 
-    from zeroshot.classifier import get_text_classifier
-    from zeroshot.images import iter_inputs
-    from zeroshot.models import LoadedModel, load_model, resolve_spec
-    from zeroshot.pipeline import classify_inputs
-    from zeroshot.prompts import resolve_prompt_set
+    from zeroshot.image.images import iter_inputs
+    from zeroshot.model.models import LoadedModel, load_model, resolve_spec
+    from zeroshot.text.classifier import get_text_classifier
+    from zeroshot.text.prompts import resolve_prompt_set
+    from zeroshot.uses.records import classify_inputs
 
     spec = resolve_spec(ARCH, str(checkpoint))
     ours = load_model(spec)
@@ -92,7 +92,7 @@ def test_open_clip_import_falls_back_when_torchvision_wants_more_of_dynamo(monke
         "            sys.meta_path.remove(self)\n"
         "            from torch._dynamo.utils import counters  # not offered by the stand-in\n"
         "        return None\n"
-        "from zeroshot.fastload import lean_open_clip\n"
+        "from zeroshot.model.fastload import lean_open_clip\n"
         "lean_open_clip()\n"
         "sys.meta_path.insert(1, Needy())\n"
         "import open_clip\n"
@@ -198,9 +198,9 @@ def test_progress_at_a_terminal_shows_total_and_rate_and_none_when_piped(tmp_pat
 def test_manifest_is_written_for_output_and_reads_back(checkpoint, image_dir, tmp_path):
     from importlib.metadata import version
 
-    from zeroshot.manifest import prompts_hash, read_manifest
-    from zeroshot.prompts import resolve_prompt_set
-    from zeroshot.weightfiles import file_sha256
+    from zeroshot.model.weightfiles import file_sha256
+    from zeroshot.text.prompts import resolve_prompt_set
+    from zeroshot.uses.manifest import prompts_hash, read_manifest
 
     out = tmp_path / "records.jsonl"
     missing = tmp_path / "gone.png"

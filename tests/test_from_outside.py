@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from zeroshot.models import BUNDLED_NAME
+from zeroshot.model.models import BUNDLED_NAME
 
 from .conftest import default_sigint
 

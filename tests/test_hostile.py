@@ -23,10 +23,10 @@ import pytest
 from PIL import Image
 
 from zeroshot import resolve_prompt_set
-from zeroshot.classifier import get_text_classifier
-from zeroshot.images import Input
-from zeroshot.models import BUNDLED_NAME, load_model, resolve_spec
-from zeroshot.pipeline import classify_inputs
+from zeroshot.image.images import Input
+from zeroshot.model.models import BUNDLED_NAME, load_model, resolve_spec
+from zeroshot.text.classifier import get_text_classifier
+from zeroshot.uses.records import classify_inputs
 
 from .conftest import default_sigint, make_image, run_cli
 
@@ -185,7 +185,7 @@ def test_pa_mode_in_memory_matches_open_clip(fashion):
     """Pillow cannot write PA files, but decoders can produce PA images: same numbers as open_clip."""
     import torch
 
-    from zeroshot.decoding import split_preprocess, to_model_input
+    from zeroshot.image.decoding import split_preprocess, to_model_input
 
     loaded, _ = fashion
     split = split_preprocess(loaded.preprocess)

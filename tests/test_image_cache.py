@@ -11,7 +11,7 @@ import open_clip
 import pytest
 from typer.testing import CliRunner
 
-from zeroshot import cache
+from zeroshot.base import cache
 from zeroshot.cli import app
 
 from .conftest import ARCH, make_image

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 import zeroshot
 from zeroshot.cli import app
-from zeroshot.models import BUNDLED_NAME
+from zeroshot.model.models import BUNDLED_NAME
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "fashion"
 

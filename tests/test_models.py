@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from zeroshot.base.errors import ModelLoadError, UsageError
 from zeroshot.cli import app
-from zeroshot.errors import ModelLoadError, UsageError
-from zeroshot.models import BUNDLED_NAME, load_model, resolve_spec
+from zeroshot.model.models import BUNDLED_NAME, load_model, resolve_spec
 
 from .conftest import ARCH, run_cli
 

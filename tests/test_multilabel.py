@@ -12,11 +12,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from zeroshot.calibration import expected_calibration_error, fit_platt, load_calibration
-from zeroshot.classifier import encode_prompt_set, multilabel_rule
-from zeroshot.models import BUNDLED_NAME, load_model, resolve_spec
-from zeroshot.prompts import PromptSet, load_pack
-from zeroshot.ranking import MultiLabel, multilabel_records, multilabel_scores
+from zeroshot.model.models import BUNDLED_NAME, load_model, resolve_spec
+from zeroshot.text.classifier import encode_prompt_set
+from zeroshot.text.prompts import PromptSet, load_pack
+from zeroshot.uses.calibration import expected_calibration_error, fit_platt, load_calibration, multilabel_rule
+from zeroshot.uses.ranking import MultiLabel, multilabel_records, multilabel_scores
 
 from .conftest import ARCH, invoke
 
@@ -115,7 +115,7 @@ def test_eval_calibrate_fits_and_the_fit_calibrates(calibration_file):
 def test_classify_with_calibration_uses_it(calibration_file, tmp_path):
     out, record = calibration_file
     a, b = record["calibration"]["a"], record["calibration"]["b"]
-    from zeroshot.idx import load_split
+    from zeroshot.image.idx import load_split
 
     images, labels = load_split(None, "test")
     paths = []
@@ -173,7 +173,7 @@ def test_multi_label_in_every_format_and_with_min_score(checkpoint, image_dir, t
 
 
 def test_multi_label_options_are_never_silently_ignored(fake_model, tmp_path):
-    from zeroshot.errors import UsageError
+    from zeroshot.base.errors import UsageError
 
     image = tmp_path / "red.png"
     Image.new("RGB", (8, 8), (250, 10, 10)).save(image)

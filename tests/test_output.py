@@ -17,7 +17,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from zeroshot.cli import app
-from zeroshot.models import BUNDLED_NAME
+from zeroshot.model.models import BUNDLED_NAME
 
 from .conftest import default_sigint, make_image
 
@@ -130,8 +130,8 @@ def test_interrupted_run_leaves_no_half_file_and_keeps_its_records_beside_it(tmp
 
 
 def table_of(records, tmp_path, *, width=None, multi_label=False) -> str:
-    from zeroshot.files import destination
-    from zeroshot.output import RecordWriter
+    from zeroshot.base.files import destination
+    from zeroshot.uses.output import RecordWriter
 
     out = tmp_path / f"table-{width}-{multi_label}.txt"
     writer = RecordWriter("table", destination("--output", out), multi_label=multi_label, width=width)

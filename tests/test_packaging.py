@@ -43,8 +43,11 @@ def test_wheel_contains_packs_and_they_load_outside_the_checkout(tmp_path):
     for pack in ("cifar10", "cifar100", "imagenet", "default"):
         assert f"zeroshot/prompt_packs/{pack}.yaml" in names
     assert any(n.endswith("entry_points.txt") for n in names)
-    assert {"zeroshot/tables/openclip_results.csv", "zeroshot/tables/architectures.csv"} <= set(names)  # models
-    assert {"zeroshot/cli/__init__.py", "zeroshot/cli/classify.py"} <= set(names)  # the command line
+    assert {"zeroshot/model/tables/openclip_results.csv", "zeroshot/model/tables/architectures.csv"} <= set(names)
+    assert {"zeroshot/model/bundled/fashion-mini.json", "zeroshot/model/bundled/fashion-mini.safetensors"} <= set(names)
+    # every module of every folder (a folder left out of pyproject's packages would be missing)
+    modules = {p.relative_to(src).as_posix() for p in (src / "zeroshot").rglob("*.py")}
+    assert modules and modules <= set(names), sorted(modules - set(names))
     target = tmp_path / "site"
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--no-deps", "--quiet", "--target", str(target), str(wheel)],
@@ -52,7 +55,7 @@ def test_wheel_contains_packs_and_they_load_outside_the_checkout(tmp_path):
         capture_output=True,
     )
     code = (
-        "import zeroshot.prompts as p, zeroshot.catalog as c, zeroshot.cli; print(p.pack_dir()); "
+        "import zeroshot.text.prompts as p, zeroshot.model.catalog as c, zeroshot.cli; print(p.pack_dir()); "
         "print(len(p.load_pack('imagenet').classes)); print(len(c.counted_params()) > 100, len(c.published()[0]))"
     )
     env = {**os.environ, "PYTHONPATH": str(target)}

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from zeroshot.cli import app
-from zeroshot.prompts import DEFAULT_PACK, PLACEHOLDER, _norm, datasets, list_packs, load_pack, load_pack_file
+from zeroshot.text.prompts import DEFAULT_PACK, PLACEHOLDER, _norm, datasets, list_packs, load_pack, load_pack_file
 
 # Class counts as the datasets' own papers give them (Caltech-101 counts its background class).
 CLASS_COUNTS = {

@@ -6,7 +6,7 @@ import json
 
 from typer.testing import CliRunner
 
-from zeroshot import cache
+from zeroshot.base import cache
 from zeroshot.cli import app
 
 from .conftest import ARCH
@@ -45,7 +45,7 @@ def test_fp32_on_cuda_runs_without_tf32_and_gives_the_setting_back():
     and a library user's own setting comes back. The flags are set without a GPU, so CI checks it."""
     import torch
 
-    from zeroshot.runtimes import exact_fp32
+    from zeroshot.model.devices import exact_fp32
 
     conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
     before = conv.fp32_precision, matmul.fp32_precision

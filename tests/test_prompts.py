@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
+from zeroshot.base.errors import PromptError, UnknownDatasetError
 from zeroshot.cli import app
-from zeroshot.errors import PromptError, UnknownDatasetError
-from zeroshot.prompts import (
+from zeroshot.text.prompts import (
     PLACEHOLDER,
     list_packs,
     load_pack,

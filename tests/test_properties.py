@@ -16,10 +16,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from zeroshot.decoding import FileDecoder, split_preprocess
-from zeroshot.errors import PromptError
-from zeroshot.images import ImageError
-from zeroshot.prompts import MAX_LABEL_CHARS, PLACEHOLDER, load_pack_file, read_labels_file
+from zeroshot.base.errors import PromptError
+from zeroshot.image.decoding import FileDecoder, split_preprocess
+from zeroshot.image.images import ImageError
+from zeroshot.text.prompts import MAX_LABEL_CHARS, PLACEHOLDER, load_pack_file, read_labels_file
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

@@ -68,7 +68,7 @@ def assert_same(ours: dict, ref: dict) -> None:
 
 @pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
 def test_records_equal_the_single_process_cli(local_ray, folder, checkpoint, tmp_path, fmt):
-    from zeroshot.distributed import iter_records
+    from zeroshot.engines.distributed import iter_records
 
     missing = str(folder / "missing.jpg")
     common = [folder, missing, *LABELS, "-m", ARCH, "-p", checkpoint, "-k", "3", "-q"]
@@ -91,10 +91,10 @@ def test_map_batches_callable_in_a_users_pipeline(local_ray, folder, checkpoint)
     """The library piece on its own: a Ray dataset of paths, map_batches(ClassifyBatch)."""
     import ray.data
 
-    from zeroshot.classifier import get_text_classifier
-    from zeroshot.distributed import ClassifyBatch, SharedClassifier
-    from zeroshot.models import load_model, resolve_spec
-    from zeroshot.prompts import resolve_prompt_set
+    from zeroshot.engines.distributed import ClassifyBatch, SharedClassifier
+    from zeroshot.model.models import load_model, resolve_spec
+    from zeroshot.text.classifier import get_text_classifier
+    from zeroshot.text.prompts import resolve_prompt_set
 
     spec = resolve_spec(ARCH, str(checkpoint))
     text = get_text_classifier(spec, resolve_prompt_set(labels=["red fox", "tabby cat", "sports car"]),
@@ -116,7 +116,7 @@ def test_uris_go_through_rays_reader(local_ray, folder, checkpoint, tmp_path):
     result = CliRunner().invoke(app, ["classify", sub.as_uri(), *LABELS, "-m", ARCH, "-p", str(checkpoint),
                                       "-k", "3", "-q", "--engine", "ray", "-o", str(out)])  # fmt: skip
     assert result.exit_code == 0, result.output
-    from zeroshot.distributed import iter_records
+    from zeroshot.engines.distributed import iter_records
 
     rows = {os.path.basename(r["path"]): r for r in iter_records(out)}
     ref = {
@@ -190,7 +190,7 @@ def test_a_killed_worker_loses_and_duplicates_nothing(ray_installed, tmp_path, c
     assert killed, "no actor was found to kill"
     assert proc.returncode == 0, stderr[-3000:]
     assert json.loads(stdout)["records"] == n, (stdout, stderr[-2000:])
-    from zeroshot.distributed import iter_records
+    from zeroshot.engines.distributed import iter_records
 
     paths = [r["path"] for r in iter_records(out)]
     assert len(paths) == n and len(set(paths)) == n  # nothing lost, nothing twice
@@ -200,11 +200,11 @@ def test_a_killed_worker_loses_and_duplicates_nothing(ray_installed, tmp_path, c
 def test_a_file_that_crashes_the_decoder_costs_only_its_record(folder, checkpoint, monkeypatch):
     """In an actor, decoding runs in forked processes: a crash there is that file's error record,
     not a dead actor whose batch Ray would retry forever. (Run in-process: no Ray needed.)"""
-    from zeroshot.classifier import get_text_classifier
-    from zeroshot.decoding import FileDecoder
-    from zeroshot.distributed import ClassifyBatch, SharedClassifier
-    from zeroshot.models import load_model, resolve_spec
-    from zeroshot.prompts import resolve_prompt_set
+    from zeroshot.engines.distributed import ClassifyBatch, SharedClassifier
+    from zeroshot.image.decoding import FileDecoder
+    from zeroshot.model.models import load_model, resolve_spec
+    from zeroshot.text.classifier import get_text_classifier
+    from zeroshot.text.prompts import resolve_prompt_set
 
     real = FileDecoder.decode_bytes
 
@@ -249,7 +249,7 @@ def test_a_killed_driver_resumed_gives_every_record_once(ray_installed, folder, 
     """SIGKILL the driver and every process of its local Ray once the first block file is written
     (a machine that went away); the same command with --resume classifies only what has no record,
     and the folder ends with the uninterrupted run's records, none missing, none twice."""
-    from zeroshot.distributed import iter_records
+    from zeroshot.engines.distributed import iter_records
 
     common = [folder, *LABELS, "-m", ARCH, "-p", checkpoint, "-k", "3", "-q"]
     ref = local_records(*common)
@@ -281,7 +281,7 @@ def test_a_killed_driver_resumed_gives_every_record_once(ray_installed, folder, 
 def test_a_videos_frames_spread_over_actors_as_frame_tasks(local_ray, folder, checkpoint, tmp_path):
     """A video's sampled frames are rows of their own: with -b 4 its 11 frames are three tasks or
     more, and the records equal the local engine's, frame by frame (path and time)."""
-    from zeroshot.distributed import iter_records
+    from zeroshot.engines.distributed import iter_records
 
     from .videos import EXAMPLES, make_video
 

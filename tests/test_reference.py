@@ -13,7 +13,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from zeroshot.cli import app
-from zeroshot.prompts import load_pack, render
+from zeroshot.text.prompts import load_pack, render
 
 from .conftest import ARCH
 
@@ -80,9 +80,9 @@ def test_classify_matches_open_clip_reference(checkpoint, image_dir, reference, 
 
 
 def test_text_classifier_equals_build_zero_shot_classifier(checkpoint, reference):
-    from zeroshot.classifier import encode_prompt_set
-    from zeroshot.models import load_model, resolve_spec
-    from zeroshot.prompts import resolve_prompt_set
+    from zeroshot.model.models import load_model, resolve_spec
+    from zeroshot.text.classifier import encode_prompt_set
+    from zeroshot.text.prompts import resolve_prompt_set
 
     loaded = load_model(resolve_spec(ARCH, str(checkpoint)))
     ours = encode_prompt_set(loaded, resolve_prompt_set(labels=LABELS), batch_size=7)
@@ -93,7 +93,7 @@ def test_text_classifier_equals_build_zero_shot_classifier(checkpoint, reference
 
 
 def test_preprocessing_is_open_clips(checkpoint, reference):
-    from zeroshot.models import load_model, resolve_spec
+    from zeroshot.model.models import load_model, resolve_spec
 
     loaded = load_model(resolve_spec(ARCH, str(checkpoint)))
     assert repr(loaded.preprocess) == repr(reference[1])

@@ -12,8 +12,8 @@ import subprocess
 import pytest
 from PIL import Image
 
-from zeroshot.models import BUNDLED_NAME
-from zeroshot.prompts import load_pack
+from zeroshot.model.models import BUNDLED_NAME
+from zeroshot.text.prompts import load_pack
 
 from .conftest import invoke, make_image
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from zeroshot.models import BUNDLED_NAME
+from zeroshot.model.models import BUNDLED_NAME
 
 from .conftest import default_sigint, invoke
 
@@ -119,7 +119,8 @@ class Stop(Exception):
 def test_a_resumed_run_encodes_only_what_is_missing_and_refuses_another_run(fake_model, tmp_path, monkeypatch):
     """With the fake model in this process: an interrupt after 3 batches of 4, then --resume encodes
     exactly the other inputs; other labels, another batch size or other inputs are refused."""
-    from zeroshot import resume, runtimes
+    from zeroshot.towers import runtimes
+    from zeroshot.uses import resume
 
     inputs = _colour_images(tmp_path / "img", 30)
     labels = ["--label", "red", "--label", "green", "--label", "blue"]
@@ -164,7 +165,7 @@ def test_a_resumed_run_encodes_only_what_is_missing_and_refuses_another_run(fake
 
 def test_an_interrupt_before_the_first_batch_leaves_nothing_and_old_leftovers_are_named(fake_model, tmp_path,
                                                                                         monkeypatch):  # fmt: skip
-    from zeroshot import resume
+    from zeroshot.uses import resume
 
     inputs = _colour_images(tmp_path / "img", 6)
     out = tmp_path / "out.jsonl"
@@ -184,7 +185,7 @@ def test_an_interrupt_before_the_first_batch_leaves_nothing_and_old_leftovers_ar
 def test_a_resumed_run_reports_every_record_and_reads_each_format_back(fmt, fake_model, tmp_path, monkeypatch):
     """The contact sheet of a resumed run shows the records kept as well as the new ones: the side
     file's records are read back (CSV's columns, an unclosed JSON array) as they were written."""
-    from zeroshot import resume
+    from zeroshot.uses import resume
 
     inputs = _colour_images(tmp_path / "img", 20)
     (tmp_path / "img" / "bad.png").write_bytes(b"no image")

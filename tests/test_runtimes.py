@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 import zeroshot
 from zeroshot.cli import app
-from zeroshot.models import BUNDLED_NAME
+from zeroshot.model.models import BUNDLED_NAME
 
 from .conftest import ARCH, make_image
 
@@ -124,7 +124,7 @@ def test_int8_is_its_own_engine_close_to_fp32_and_only_on_onnx(tmp_path):
 
 
 def test_a_tower_that_cannot_be_exported_runs_on_torch_and_says_why(monkeypatch, tmp_path):
-    from zeroshot import onnxexport
+    from zeroshot.towers import onnxexport
 
     calls = []
 

@@ -25,9 +25,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from zeroshot import cache
-from zeroshot.models import BUNDLED_NAME
-from zeroshot.reading import fetch_url, read_file
+from zeroshot.base import cache
+from zeroshot.image.reading import fetch_url, read_file
+from zeroshot.model.models import BUNDLED_NAME
 
 from .conftest import ARCH, invoke, make_image
 

@@ -6,11 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from zeroshot.classifier import encode_prompt_set, encode_texts
-from zeroshot.errors import PromptError
-from zeroshot.models import BUNDLED_NAME, load_model, resolve_spec
-from zeroshot.prompts import PromptSet, load_pack
-from zeroshot.texttower import prefix_shareable, trimmable
+from zeroshot.base.errors import PromptError
+from zeroshot.model.models import BUNDLED_NAME, load_model, resolve_spec
+from zeroshot.text.classifier import encode_prompt_set, encode_texts
+from zeroshot.text.prompts import PromptSet, load_pack
+from zeroshot.text.texttower import prefix_shareable, trimmable
 
 TEXTS = [
     "a",

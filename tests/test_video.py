@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from zeroshot.models import BUNDLED_NAME
+from zeroshot.model.models import BUNDLED_NAME
 
 from .conftest import invoke
 from .videos import (
@@ -199,7 +199,7 @@ def test_animated_gif_as_video_and_as_image(tmp_path):
 
 def test_eval_reports_per_video_accuracy(tmp_path):
     from zeroshot import Zeroshot
-    from zeroshot.prompts import resolve_prompt_set
+    from zeroshot.text.prompts import resolve_prompt_set
 
     root = tmp_path / "clips"
     for cls, name in (("coat", "coat"), ("sandal", "sandal"), ("bag", "bag")):
@@ -222,7 +222,7 @@ def test_eval_reports_per_video_accuracy(tmp_path):
 
 def test_frames_are_cached_by_content_and_time(tmp_path, clips, monkeypatch):
     """With --cache-images a second run answers every frame from the cache: no model loads."""
-    from zeroshot import models
+    from zeroshot.model import models
 
     path, _, _ = clips["vp9.webm"]
     args = ["classify", path, *MODEL, "--cache-images", "--every", "1", "--workers", "0"]

@@ -3,7 +3,7 @@
     .venv/bin/python training/train_fashion_mini.py            # CPU or GPU, writes the checkpoint
 
 The model is an open_clip ``CLIP`` built by open_clip's factory from the bundled config
-``zeroshot/bundled/fashion-mini.json`` (registered with ``open_clip.add_model_config``). It is
+``zeroshot/model/bundled/fashion-mini.json`` (registered with ``open_clip.add_model_config``). It is
 trained from scratch with the CLIP paper's symmetric contrastive objective: image and caption
 embeddings are L2-normalized, logits are cosine similarity times a learned temperature, and the
 loss is cross-entropy in both directions (image -> captions, caption -> images), averaged.
@@ -67,7 +67,7 @@ VALIDATION = 5000
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data-dir", default="/usr/share/datasets/fashion-mnist")
-    p.add_argument("--out", default=str(ROOT / "zeroshot" / "bundled" / "fashion-mini.safetensors"))
+    p.add_argument("--out", default=str(ROOT / "zeroshot" / "model" / "bundled" / "fashion-mini.safetensors"))
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--captions-per-class", type=int, default=3)
@@ -89,10 +89,10 @@ def main() -> None:
     import torch.nn.functional as F
     from PIL import Image
 
-    from zeroshot.classifier import encode_prompt_set
-    from zeroshot.idx import load_split
-    from zeroshot.models import BUNDLED_NAME, LoadedModel, ModelSpec, register_bundled
-    from zeroshot.prompts import PromptSet, load_pack
+    from zeroshot.image.idx import load_split
+    from zeroshot.model.models import BUNDLED_NAME, LoadedModel, ModelSpec, register_bundled
+    from zeroshot.text.classifier import encode_prompt_set
+    from zeroshot.text.prompts import PromptSet, load_pack
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     torch.manual_seed(args.seed)

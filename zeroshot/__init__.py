@@ -19,13 +19,16 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import ModelLoadError, PromptError, UsageError, ZeroshotError
-from .prompts import PromptSet, load_pack, resolve_prompt_set
+from . import oldpaths
+from .base.errors import ModelLoadError, PromptError, UsageError, ZeroshotError
+from .text.prompts import PromptSet, load_pack, resolve_prompt_set
 
 if TYPE_CHECKING:
-    from .ranking import Record
+    from .uses.ranking import Record
 
 __version__ = "0.1.0"
+
+oldpaths.install()
 
 __all__ = [
     "ModelLoadError",
@@ -56,8 +59,8 @@ class Zeroshot:
         on the CPU, exported on first use and cached, text on torch; onnx: both towers on ONNX Runtime;
         torch; None: ``ZEROSHOT_RUNTIME``, else auto)."""
         from .assembly import ModelChoice, prepare_model
-        from .models import resolve_precision
-        from .runtimes import resolve_runtime, text_runtime
+        from .model.devices import resolve_precision
+        from .towers.runtimes import resolve_runtime, text_runtime
 
         self.choice = ModelChoice(model, pretrained, preprocess, device, precision, runtime)
         self.loaded = prepare_model(self.choice)
@@ -71,7 +74,7 @@ class Zeroshot:
             self.loaded.text_engine = text_engine_for(self.loaded, Loading())
 
     def image_tower(self) -> Any:
-        """The image tower images go through (:mod:`zeroshot.runtimes`), made on first use."""
+        """The image tower images go through (:mod:`zeroshot.towers.runtimes`), made on first use."""
         if not self._towers:
             from .assembly import Loading, make_tower
 
@@ -81,17 +84,17 @@ class Zeroshot:
     def text_classifier(
         self, prompt_set: PromptSet | None = None, *, classifier_file: Any = None, use_cache: bool = True
     ) -> Any:
-        """The :class:`~zeroshot.classifier.TextClassifier` for ``prompt_set`` (cached on disk), or
+        """The :class:`~zeroshot.text.classifier.TextClassifier` for ``prompt_set`` (cached on disk), or
         the one a classifier file holds (``classify --classifier``: a path or a loaded
-        :class:`~zeroshot.export.ClassifierFile`, checked against this model)."""
+        :class:`~zeroshot.uses.export.ClassifierFile`, checked against this model)."""
         from .assembly import prepare
 
         if isinstance(classifier_file, str | os.PathLike):
-            from .export import load_classifier
+            from .uses.export import load_classifier
 
             classifier_file = load_classifier(Path(classifier_file))
         if classifier_file is not None:
-            from .export import check_model
+            from .uses.export import check_model
 
             check_model(classifier_file, self.spec)
         return prepare(
@@ -109,11 +112,11 @@ class Zeroshot:
     ) -> Any:
         """A text classifier adapted to labelled examples (a folder with one sub-folder per class),
         as ``zeroshot adapt`` makes it; ``prompt_set`` defaults to the sub-folder names. Use it with
-        :meth:`classify`, or write it with :func:`zeroshot.export.save_classifier`."""
-        from .adapt import adapt_folder
+        :meth:`classify`, or write it with :func:`zeroshot.uses.export.save_classifier`."""
+        from .uses.adapt import adapt_folder
 
         if prompt_set is None:
-            from .evaluate import folder_classes
+            from .uses.evaluate import folder_classes
 
             prompt_set = resolve_prompt_set(labels=folder_classes(Path(examples)))
         text = self.text_classifier(prompt_set)
@@ -153,19 +156,20 @@ class Zeroshot:
         ``workers``, ``decoder`` and ``jpeg_draft`` are the CLI's ``--workers``, ``--decoder`` and
         ``--jpeg-draft``; ``max_bytes`` and ``timeout`` the CLI's ``--max-bytes`` and ``--timeout``
         (None: their defaults; paths may be ``http(s)://`` URLs); ``image_cache`` an
-        :class:`~zeroshot.imagecache.ImageEmbeddingCache`.
+        :class:`~zeroshot.image.imagecache.ImageEmbeddingCache`.
         ``max_pixels`` is ``--max-pixels`` (None: its default; 0: no limit).
         ``multi_label``/``threshold``/``background``/``calibration`` (a
-        :class:`~zeroshot.calibration.Calibration` or a path to one) are ``--multi-label``,
+        :class:`~zeroshot.uses.calibration.Calibration` or a path to one) are ``--multi-label``,
         ``--threshold``, ``--background`` and ``--calibration``; ``min_score`` is ``--min-score``.
         Combinations the CLI refuses (``threshold`` without ``multi_label``, ``min_score`` with it)
         raise :class:`UsageError` here too.
         """
         from .assembly import multi_label_from
-        from .calibration import resolve_multilabel
-        from .images import iter_inputs
-        from .output import apply_min_score
-        from .pipeline import DecodeOptions, ImageEncoder, encoded_records
+        from .image.images import iter_inputs
+        from .towers.pipeline import DecodeOptions, ImageEncoder
+        from .uses.calibration import resolve_multilabel
+        from .uses.output import apply_min_score
+        from .uses.records import encoded_records
 
         inputs = _input_paths(paths)
         rule = None
@@ -180,13 +184,13 @@ class Zeroshot:
             if value is not None:
                 setattr(options, name, value)
         encoder = ImageEncoder(self.image_tower(), batch_size=batch_size, image_cache=image_cache, options=options)
-        from . import video
+        from .image import video
 
         frames = video.VideoOptions(every=every, max_frames=max_frames, max_pixels=options.max_pixels,
                                     timeout=options.timeout)  # fmt: skip
         batches = encoder.batches(video.expand(iter_inputs(inputs), frames))
         if per_video:
-            from .clips import video_record_batches
+            from .uses.clips import video_record_batches
 
             scale = self.loaded.logit_scale
             made = video_record_batches(batches, text.weights, scale, text.classes, top_k, rule, every)

@@ -13,14 +13,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .errors import ModelLoadError, UnknownModelError
+from .base.errors import ModelLoadError, UnknownModelError
 
 if TYPE_CHECKING:
-    from .classifier import TextClassifier
-    from .export import ClassifierFile
-    from .models import DownloadReport, LoadedModel, ModelSpec
-    from .prompts import PromptSet
-    from .ranking import MultiLabel as MultiLabelRule
+    from .model.models import DownloadReport, LoadedModel, ModelSpec
+    from .text.classifier import TextClassifier
+    from .text.prompts import PromptSet
+    from .uses.export import ClassifierFile
+    from .uses.ranking import MultiLabel as MultiLabelRule
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ class ModelChoice:
 @dataclass(frozen=True)
 class MultiLabel:
     """``--multi-label`` (with ``--threshold``, ``--background``, ``--calibration``: a path or a
-    :class:`~zeroshot.calibration.Calibration`)."""
+    :class:`~zeroshot.uses.calibration.Calibration`)."""
 
     threshold: float = 0.5
     background: str | None = None  # None: the default neutral word
@@ -57,7 +57,7 @@ def multi_label_from(
     ``--threshold``/``--background`` without ``--multi-label``, ``--background`` with a calibration
     (whose fitted a and b decide), ``--min-score`` with ``--multi-label`` (the threshold decides
     which labels are present; a second cut-off would leave ``label`` null beside present ``labels``)."""
-    from .errors import UsageError
+    from .base.errors import UsageError
 
     wanted = wanted or calibration is not None
     if not wanted:
@@ -128,7 +128,7 @@ class Prepared:
         return float(facts["logit_scale"]) if facts is not None else self.loaded.logit_scale
 
     def image_tower(self, decode_workers: int = 1) -> Any:
-        """The image tower this run's images go through (:mod:`zeroshot.runtimes`), made once.
+        """The image tower this run's images go through (:mod:`zeroshot.towers.runtimes`), made once.
 
         With the ONNX runtime: the cached export, opened without loading the model (nor importing
         torch) when the text classifier's scoring facts name the model's image key; else the model
@@ -151,14 +151,14 @@ class Prepared:
 
     def embeddings_key(self) -> str:
         """The image-embedding cache key of this run's features: the model's, and the runtime's when
-        it is not torch (:func:`zeroshot.onnxexport.runtime_image_key`)."""
-        from .onnxexport import read_engine, runtime_image_key
+        it is not torch (:func:`zeroshot.towers.onnxexport.runtime_image_key`)."""
+        from .towers.onnxexport import read_engine, runtime_image_key
 
         facts = self.text.scoring
         if facts is not None:
             base = facts["image_key"]
         else:
-            from .imagecache import image_cache_key
+            from .model.weightfiles import image_cache_key
 
             base = image_cache_key(self.loaded)
         runtime = self.towers[0].runtime if self.towers else self.runtime
@@ -183,7 +183,7 @@ def text_engine_for(loaded: LoadedModel, loading: Loading) -> Callable[[], Any]:
 
     def engine() -> Any:
         if not made:
-            from .onnxtext import text_engine
+            from .towers.onnxtext import text_engine
 
             made.append(text_engine(loaded, loading))
         return made[0]
@@ -203,10 +203,10 @@ def make_tower(
     """The image tower for ``runtime``: torch's (the loaded model), or ONNX Runtime's: the cached
     export of the model whose image key is ``image_key`` (no model load, no torch), else exported
     from the loaded model once; a model that cannot run there runs on torch, with a note."""
-    from .runtimes import TorchTower, onnx_threads
+    from .towers.runtimes import TorchTower, onnx_threads
 
     if runtime == "onnx":
-        from .onnxexport import cached_tower, tower_for
+        from .towers.onnxexport import cached_tower, tower_for
 
         threads = onnx_threads(decode_workers)
         tower = cached_tower(image_key, precision, threads) if image_key is not None else None
@@ -237,8 +237,8 @@ class _Deferred:
 def spec_for(choice: ModelChoice, file: ClassifierFile | None = None) -> ModelSpec:
     """The model to run: the choice's, else a classifier file's own; a file is checked against it
     before anything loads (a wrong model fails fast)."""
-    from .export import check_model
-    from .models import resolve_spec, spec_built_for
+    from .model.models import resolve_spec, spec_built_for
+    from .uses.export import check_model
 
     if file is None:
         return resolve_spec(choice.model, choice.pretrained, choice.preprocess)
@@ -257,7 +257,7 @@ def spec_for(choice: ModelChoice, file: ClassifierFile | None = None) -> ModelSp
 
 def prepare_model(choice: ModelChoice, loading: Loading | None = None) -> LoadedModel:
     """Just the model (:class:`zeroshot.Zeroshot`, which takes prompt sets one at a time)."""
-    from .models import resolve_device, resolve_precision
+    from .model.devices import resolve_device, resolve_precision
 
     device = resolve_device(choice.device)
     return _load(spec_for(choice), device, model_precision(resolve_precision(choice.precision, device)),
@@ -270,7 +270,7 @@ def model_precision(precision: str) -> str:
 
 
 def _load(spec: ModelSpec, device: str, precision: str, loading: Loading) -> LoadedModel:
-    from .models import load_model
+    from .model.models import load_model
 
     with loading.model(spec, device, precision) as downloads:
         loaded = load_model(spec, device, precision, downloads=downloads)
@@ -295,10 +295,10 @@ def prepare(
     the cache, or built) and the multi-label rule. ``eager`` loads the model now (it is needed
     to classify images); otherwise only when the text classifier or the rule needs it. ``refresh``
     rebuilds a cached text classifier."""
-    from .calibration import resolve_multilabel
-    from .classifier import get_text_classifier
-    from .models import resolve_device, resolve_precision
-    from .runtimes import resolve_runtime, text_runtime
+    from .model.devices import resolve_device, resolve_precision
+    from .text.classifier import get_text_classifier
+    from .towers.runtimes import resolve_runtime, text_runtime
+    from .uses.calibration import resolve_multilabel
 
     if (prompt_set is None) == (classifier_file is None):
         raise ValueError("prepare needs a prompt set or a classifier file, not both")
@@ -320,7 +320,7 @@ def prepare(
     if eager:
         load()
     if classifier_file is not None:
-        from .export import check_model
+        from .uses.export import check_model
 
         if box:
             check_model(classifier_file, spec, box[0].embed_dim)

@@ -10,8 +10,8 @@ from typing import Annotated
 
 import typer
 
-from ..models import Precision
-from ..reading import DEFAULT_MAX_BYTES
+from ..image.reading import DEFAULT_MAX_BYTES
+from ..model.devices import Precision
 from .app import app, handle_errors
 from .common import (
     DatasetOpt,
@@ -72,8 +72,8 @@ def adapt_cmd(
     without examples keeps its zero-shot weights. Prints one JSON record. Exit code 1 if an example
     could not be read (the file is still written, from the others).
     """
-    from ..adapt import adapt_folder
-    from ..export import save_classifier
+    from ..uses.adapt import adapt_folder
+    from ..uses.export import save_classifier
 
     start = time.perf_counter()
     dest = output_destination("--output", output)
@@ -84,12 +84,12 @@ def adapt_cmd(
         quiet=quiet,
     )  # fmt: skip
     loaded, text = prepared.loaded, prepared.text
-    from ..pipeline import default_workers
+    from ..towers.pipeline import default_workers
 
     tower = prepared.image_tower(workers if workers is not None else default_workers(prepared.device))
     image_cache = None
     if cache_images:
-        from ..imagecache import open_image_cache
+        from ..image.imagecache import open_image_cache
 
         image_cache = open_image_cache(prepared.embeddings_key(), loaded.embed_dim)
     try:

@@ -17,7 +17,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from ..errors import ZeroshotError
+from ..base.errors import ZeroshotError
 
 app = typer.Typer(
     name="zeroshot",
@@ -33,7 +33,7 @@ EXIT_SIGPIPE = 141
 
 
 def _fail(message: str, code: int) -> typer.Exit:
-    from ..errors import AFTERWORDS
+    from ..base.errors import AFTERWORDS
 
     message = "; ".join([message, *AFTERWORDS])
     AFTERWORDS.clear()
@@ -129,7 +129,7 @@ def _root(
 def main() -> None:
     """Console-script entry point."""
     signal.signal(signal.SIGTERM, _on_sigterm)
-    from ..fastload import lean_open_clip
+    from ..model.fastload import lean_open_clip
 
     lean_open_clip()
     try:

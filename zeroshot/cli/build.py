@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from ..models import Precision
+from ..model.devices import Precision
 from .app import app, handle_errors
 from .common import (
     DatasetOpt,
@@ -71,7 +71,7 @@ def build_prompts(
     )  # fmt: skip
     spec, prec, text = prepared.spec, prepared.precision, prepared.text
     if dest is not None:
-        from ..export import save_classifier
+        from ..uses.export import save_classifier
 
         save_classifier(dest, spec, prompt_set, text.weights, precision=prec)
     write_record(

@@ -10,11 +10,11 @@ from typing import Annotated
 import typer
 
 from ..assembly import multi_label_from
-from ..errors import UsageError
-from ..models import Precision
-from ..pipeline import DecodeOptions, Decoder
-from ..reading import DEFAULT_MAX_BYTES, DEFAULT_TIMEOUT
-from ..video import VideoOptions
+from ..base.errors import UsageError
+from ..image.reading import DEFAULT_MAX_BYTES, DEFAULT_TIMEOUT
+from ..image.video import VideoOptions
+from ..model.devices import Precision
+from ..towers.pipeline import DecodeOptions, Decoder
 from .app import app, handle_errors
 from .common import (
     DatasetOpt,
@@ -40,7 +40,7 @@ from .engine_local import ClassifyRun, RayPlacement, classify_locally
 
 
 class RecordFormat(str, Enum):
-    """``--format``: the local engine's (:class:`zeroshot.output.Format`) and the Ray engine's parquet."""
+    """``--format``: the local engine's (:class:`zeroshot.uses.output.Format`) and the Ray engine's parquet."""
 
     JSONL = "jsonl"
     JSON = "json"
@@ -314,7 +314,7 @@ def _video_cap(max_bytes: int, max_video_bytes: int) -> tuple[int, str]:
     """The byte cap for video files and the option it comes from: --max-video-bytes when given; else
     --max-bytes when given (it applies to every input); else the video default (64 GiB: a video is
     read as a stream, and 512 MiB, the image cap, refuses a phone's five minutes of 4K)."""
-    from ..video import DEFAULT_MAX_VIDEO_BYTES
+    from ..image.video import DEFAULT_MAX_VIDEO_BYTES
 
     if max_video_bytes == DEFAULT_MAX_VIDEO_BYTES and max_bytes != DEFAULT_MAX_BYTES:
         return max_bytes, "--max-bytes"

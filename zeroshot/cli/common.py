@@ -13,19 +13,19 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from ..assembly import Loading
-from ..errors import UsageError
-from ..models import Precision
-from ..runtimes import Runtime
+from ..base.errors import UsageError
+from ..model.devices import Precision
+from ..towers.runtimes import Runtime
 
 if TYPE_CHECKING:
     from rich.console import Console
     from rich.status import Status
 
     from ..assembly import ModelChoice, MultiLabel, Prepared
-    from ..export import ClassifierFile
-    from ..files import Destination
-    from ..models import ModelSpec
-    from ..prompts import PromptSet
+    from ..base.files import Destination
+    from ..model.models import ModelSpec
+    from ..text.prompts import PromptSet
+    from ..uses.export import ClassifierFile
 
 # --- shared options -----------------------------------------------------------------------------
 
@@ -123,7 +123,7 @@ def model_choice(
 def prompt_set_from(
     dataset: str | None, labels: Path | None, label: list[str] | None, templates: Path | None
 ) -> PromptSet:
-    from ..prompts import resolve_prompt_set
+    from ..text.prompts import resolve_prompt_set
 
     return resolve_prompt_set(dataset=dataset, labels_file=labels, labels=label or (), templates_file=templates)
 
@@ -133,8 +133,8 @@ def folder_prompt_set(
 ) -> PromptSet:
     """A labelled folder's classes: the ones asked for, else its sub-folder names (sorted)."""
     if folder is not None and dataset is None and labels is None and not label:
-        from ..evaluate import folder_classes
-        from ..prompts import resolve_prompt_set
+        from ..text.prompts import resolve_prompt_set
+        from ..uses.evaluate import folder_classes
 
         return resolve_prompt_set(labels=folder_classes(folder), templates_file=templates)
     return prompt_set_from(dataset, labels, label, templates)
@@ -249,7 +249,7 @@ def shorten(text: str, width: int) -> str:
 
 
 class Downloads:
-    """A :class:`~zeroshot.hub.DownloadReport` on stderr: at a terminal a bar per file (bytes,
+    """A :class:`~zeroshot.model.hub.DownloadReport` on stderr: at a terminal a bar per file (bytes,
     rate, time left), pausing the loading spinner meanwhile; otherwise one line per file (what, how
     big, where it goes). stdout is never touched."""
 
@@ -364,7 +364,7 @@ def prepare_run(
     """:func:`zeroshot.assembly.prepare` with the CLI's display; says on stderr when --multi-label
     scores are not calibrated."""
     from ..assembly import prepare
-    from ..ranking import DEFAULT_BACKGROUND
+    from ..uses.ranking import DEFAULT_BACKGROUND
 
     show = not quiet and sys.stderr.isatty()
     prepared = prepare(
@@ -394,7 +394,7 @@ def open_classifier_file(
     """The ``--classifier`` file, read and checked, or None; it excludes the other class options."""
     if classifier is None:
         return None
-    from ..export import load_classifier
+    from ..uses.export import load_classifier
 
     if labels is not None or label or dataset is not None or templates is not None:
         raise UsageError("--classifier brings its own classes: drop --labels/--label/--dataset/--templates")
@@ -411,11 +411,11 @@ def say_notes(notes: list[str], quiet: bool) -> None:
 
 def output_destination(option: str, path: Path | str | None, *, allow_stdout: bool = False) -> Destination | None:
     """A file option's destination, checked before any work is done (see
-    :func:`zeroshot.files.destination`): an existing folder, a missing or unwritable folder is a
+    :func:`zeroshot.base.files.destination`): an existing folder, a missing or unwritable folder is a
     usage error; ``-`` is stdout where ``allow_stdout``."""
     if path is None:
         return None
-    from ..files import destination
+    from ..base.files import destination
 
     return destination(option, path, allow_stdout=allow_stdout)
 

@@ -9,23 +9,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from ..errors import UsageError
+from ..base.errors import UsageError
 from .common import Steps, count_in_background, output_destination, prepare_run
 
 if TYPE_CHECKING:
     from ..assembly import ModelChoice, MultiLabel, Prepared
-    from ..export import ClassifierFile
-    from ..files import Destination
-    from ..manifest import RunManifest
-    from ..pipeline import DecodeOptions
-    from ..prompts import PromptSet
-    from ..report import ContactSheet
-    from ..resume import PartialOutput
-    from ..video import VideoOptions
+    from ..base.files import Destination
+    from ..image.video import VideoOptions
+    from ..text.prompts import PromptSet
+    from ..towers.pipeline import DecodeOptions
+    from ..uses.export import ClassifierFile
+    from ..uses.manifest import RunManifest
+    from ..uses.report import ContactSheet
+    from ..uses.resume import PartialOutput
 
 
 def _video_defaults() -> VideoOptions:
-    from ..video import VideoOptions
+    from ..image.video import VideoOptions
 
     return VideoOptions()
 
@@ -61,9 +61,9 @@ class ClassifyRun:
     quiet: bool
     null: bool
     ray: RayPlacement | None  # None: the local engine
-    resume: bool = False  # go on from FILE.partial (zeroshot.resume)
+    resume: bool = False  # go on from FILE.partial (zeroshot.uses.resume)
     video: VideoOptions = field(default_factory=lambda: _video_defaults())
-    per_video: bool = False  # one record per video (zeroshot.clips)
+    per_video: bool = False  # one record per video (zeroshot.uses.clips)
 
     @property
     def stdin(self) -> TextIO | None:
@@ -90,8 +90,8 @@ class Destinations:
         manifest = output_destination("--manifest", run.manifest, allow_stdout=free and report is not None and
                                       not report.stdout)  # fmt: skip
         if manifest is None and records is not None and records.regular:  # beside the records file
-            from ..files import destination
-            from ..manifest import manifest_path
+            from ..base.files import destination
+            from ..uses.manifest import manifest_path
 
             manifest = destination("--manifest", manifest_path(Path(records.given)))
         if manifest is not None and manifest.regular:
@@ -106,15 +106,15 @@ def classify_locally(run: ClassifyRun) -> tuple[int, int]:
 
     With ``--cache-images`` and a cached text classifier that holds the model's scoring facts, the
     model loads only when an input needs the image tower: relabelling images whose embeddings are
-    all cached builds no model and imports no torch (:func:`zeroshot.pipeline.cache_first`).
+    all cached builds no model and imports no torch (:func:`zeroshot.towers.pipeline.cache_first`).
     """
-    from .. import video
-    from ..classifier import remember_scoring
-    from ..errors import AFTERWORDS
-    from ..images import iter_inputs
-    from ..output import FORMATS, RecordWriter
-    from ..pipeline import ImageEncoder, cache_first, default_batch_size, default_workers
-    from ..resume import check_before_run
+    from ..base.errors import AFTERWORDS
+    from ..image import video
+    from ..image.images import iter_inputs
+    from ..text.classifier import remember_scoring
+    from ..towers.pipeline import ImageEncoder, cache_first, default_batch_size, default_workers
+    from ..uses.output import FORMATS, RecordWriter
+    from ..uses.resume import check_before_run
 
     if run.fmt not in FORMATS:
         raise UsageError(f"--format {run.fmt} needs --engine ray (the local engine writes {', '.join(FORMATS)})")
@@ -187,7 +187,7 @@ def classify_locally(run: ClassifyRun) -> tuple[int, int]:
             image_cache.close()
     if manifest is not None:
         if partial is not None:
-            from ..resume import key_digest
+            from ..uses.resume import key_digest
 
             manifest.fields.update(resume_key=key_digest(partial.key), segments=partial.segments)
         _finish_manifest(manifest, run, prepared, total, failed)
@@ -201,7 +201,7 @@ def _side_file(
     other destination), or (failed, total) of a finished run that ``--resume`` finds complete."""
     if where.records is None or not where.records.regular:
         return None
-    from ..resume import PartialOutput
+    from ..uses.resume import PartialOutput
 
     key = _resume_key(run, prepared, batch_size)
     if run.resume and (done := _finished_already(where, key)) is not None:
@@ -213,7 +213,7 @@ def _contact_sheet(run: ClassifyRun, where: Destinations, prepared: Prepared) ->
     """``--report``: the contact sheet the records are added to (or None)."""
     if where.report is None:
         return None
-    from ..report import ContactSheet
+    from ..uses.report import ContactSheet
 
     text = prepared.text
     return ContactSheet(
@@ -228,7 +228,7 @@ def _write_records(
 ) -> tuple[int, int]:  # fmt: skip
     """Each batch's records to the writer (whole batches into a side file), the contact sheet and
     the progress bar; the counts (failed, total), a resumed run's earlier records included."""
-    from ..output import apply_min_score
+    from ..uses.output import apply_min_score
 
     for records in made:
         for record in records:
@@ -249,7 +249,7 @@ def _image_cache(run: ClassifyRun, prepared: Prepared) -> Any:
     """``--cache-images``: the image-embedding cache for this model and runtime (or None)."""
     if not run.cache_images:
         return None
-    from ..imagecache import open_image_cache
+    from ..image.imagecache import open_image_cache
 
     facts = prepared.text.scoring
     dim = facts["embed_dim"] if facts is not None else prepared.loaded.embed_dim
@@ -259,8 +259,8 @@ def _image_cache(run: ClassifyRun, prepared: Prepared) -> Any:
 def _progress(run: ClassifyRun, show: bool) -> Steps:
     """The progress bar, its total counted beside the run (a video's sampled frames are records of
     their own; one per video with --per-video); paths from stdin cannot be counted ahead."""
-    from .. import video
-    from ..images import count_inputs
+    from ..image import video
+    from ..image.images import count_inputs
 
     steps = Steps(show, "classifying", "images")
     if "-" not in run.inputs:
@@ -273,12 +273,12 @@ def _progress(run: ClassifyRun, show: bool) -> Steps:
 
 def _records(run: ClassifyRun, prepared: Prepared, batches: Iterator[Any]) -> Iterator[list[Any]]:
     """Encoded batches -> records, a batch at a time: one per input and sampled frame, or with
-    ``--per-video`` one per video (:mod:`zeroshot.clips`)."""
-    from ..pipeline import record_batches
+    ``--per-video`` one per video (:mod:`zeroshot.uses.clips`)."""
+    from ..uses.records import record_batches
 
     text, rule, scale = prepared.text, prepared.rule, prepared.logit_scale
     if run.per_video:
-        from ..clips import video_record_batches
+        from ..uses.clips import video_record_batches
 
         return video_record_batches(batches, text.weights, scale, text.classes, run.top_k, rule, run.video.every)
     return record_batches(batches, text.weights, scale, text.classes, run.top_k, rule)
@@ -286,8 +286,8 @@ def _records(run: ClassifyRun, prepared: Prepared, batches: Iterator[Any]) -> It
 
 def _asks_for_frames(run: ClassifyRun) -> bool:
     """Whether the run is about video frames: a video option given, or a video named."""
-    from ..images import is_video_name
-    from ..video import VideoOptions
+    from ..image.images import is_video_name
+    from ..image.video import VideoOptions
 
     if run.per_video:
         return False
@@ -305,7 +305,7 @@ def _resume_key(run: ClassifyRun, prepared: Prepared, batch_size: int) -> dict[s
 
     import numpy as np
 
-    from ..resume import run_key
+    from ..uses.resume import run_key
 
     text = prepared.text
     digest = hashlib.sha256(np.ascontiguousarray(text.weights, dtype=np.float32).tobytes())
@@ -325,7 +325,7 @@ def _resume_key(run: ClassifyRun, prepared: Prepared, batch_size: int) -> dict[s
 def _video_key(v: VideoOptions) -> dict[str, object]:
     """The video options that change records, where they differ from their defaults (so a side
     file made before videos were read, which has none of them, still resumes)."""
-    from ..video import VideoOptions
+    from ..image.video import VideoOptions
 
     default = VideoOptions()
     fields = {"every": (v.every, default.every), "max_frames": (v.max_frames, default.max_frames),
@@ -339,7 +339,7 @@ def _finished_already(where: Destinations, key: dict[str, object]) -> tuple[int,
     same key): nothing to do, said in a note. Returns (failed, total), or None to run."""
     import json
 
-    from ..resume import key_digest, side_files
+    from ..uses.resume import key_digest, side_files
 
     assert where.records is not None
     if side_files(where.records.target)[0].exists() or not where.records.target.exists():
@@ -361,7 +361,7 @@ def _name_leftovers(records: Destination | None) -> None:
     """Temporary files of killed runs of older versions beside FILE: named, never left unsaid."""
     if records is None or not records.regular:
         return
-    from ..resume import leftover_temporaries
+    from ..uses.resume import leftover_temporaries
 
     found = leftover_temporaries(records.target)
     if found:
@@ -386,8 +386,8 @@ def _tower_used(prepared: Prepared) -> str:
 def _torch_first(run: ClassifyRun) -> bool:
     """Whether to load the model before anything else: the torch runtime classifying images (not
     only relabelling cached ones) needs it in any case."""
-    from ..models import resolve_device, resolve_precision
-    from ..runtimes import resolve_runtime
+    from ..model.devices import resolve_device, resolve_precision
+    from ..towers.runtimes import resolve_runtime
 
     device = resolve_device(run.choice.device)
     runtime = resolve_runtime(run.choice.runtime, device, resolve_precision(run.choice.precision, device))
@@ -409,7 +409,7 @@ def _table_width(records: Destination | None) -> int | None:
 
 def _manifest_for(run: ClassifyRun, dest: Destination | None) -> RunManifest | None:
     """The run's manifest: at --manifest PATH, else beside a regular --output FILE; none for stdout."""
-    from ..manifest import RunManifest
+    from ..uses.manifest import RunManifest
 
     if dest is None:
         return None
@@ -419,7 +419,7 @@ def _manifest_for(run: ClassifyRun, dest: Destination | None) -> RunManifest | N
 def _finish_manifest(manifest: RunManifest, run: ClassifyRun, prepared: Prepared, total: int, failed: int) -> None:
     import json
 
-    from ..manifest import identity
+    from ..uses.manifest import identity
 
     text, loaded = prepared.text, prepared.loaded_if_any
     if loaded is not None:

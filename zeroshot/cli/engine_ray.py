@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..errors import UsageError
+from ..base.errors import UsageError
 from .common import prepare_run, write_record
 from .engine_local import ClassifyRun
 
@@ -12,8 +12,8 @@ def classify_on_ray(run: ClassifyRun) -> tuple[int, int]:
     Prints the run's summary record; returns (failed, total)."""
     from dataclasses import replace
 
-    from ..distributed import OUTPUT_FORMATS, SharedClassifier, require_ray
-    from ..distributed import run as ray_run
+    from ..engines.distributed import OUTPUT_FORMATS, SharedClassifier, require_ray
+    from ..engines.distributed import run as ray_run
 
     assert run.ray is not None
     require_ray()
@@ -28,8 +28,8 @@ def classify_on_ray(run: ClassifyRun) -> tuple[int, int]:
             raise UsageError(f"{opt} is not available with --engine ray")
     from pathlib import Path
 
-    from ..distributed import has_scheme
-    from ..resume import folder_progress
+    from ..engines.distributed import has_scheme
+    from ..uses.resume import folder_progress
 
     if not run.resume and not has_scheme(str(run.output)):
         folder_progress(Path(run.output), run.fmt, False)  # a folder holding records: refused before any work

@@ -9,10 +9,10 @@ from typing import Annotated
 
 import typer
 
-from ..errors import UsageError
-from ..idx import Split
-from ..models import Precision
-from ..reading import DEFAULT_MAX_BYTES
+from ..base.errors import UsageError
+from ..image.idx import Split
+from ..image.reading import DEFAULT_MAX_BYTES
+from ..model.devices import Precision
 from .app import app, handle_errors
 from .common import (
     DatasetOpt,
@@ -107,8 +107,8 @@ def eval_cmd(
     predicted) and the top-1 of each template alone next to the ensemble's. Exit code 1 if any
     image could not be read (the record still covers the others).
     """
-    from ..evaluate import evaluate_run
-    from ..pipeline import default_workers
+    from ..towers.pipeline import default_workers
+    from ..uses.evaluate import evaluate_run
 
     report_dest = output_destination("--report", report)
     calibrate_dest = output_destination("--calibrate", calibrate)
@@ -135,13 +135,13 @@ def eval_cmd(
     tower = prepared.image_tower(workers if workers is not None else default_workers(prepared.device))
     with Steps(show, "evaluating", "images", _eval_total(folder, data_dir, split.value, limit)) as steps:
         if folder is not None:
-            from ..evaluate import folder_items
+            from ..uses.evaluate import folder_items
 
             def count(found: Callable[[int], None]) -> int:  # a video's sampled frames each count
                 import itertools
 
-                from ..images import Input
-                from ..video import VideoOptions, expand
+                from ..image.images import Input
+                from ..image.video import VideoOptions, expand
 
                 items = itertools.islice(folder_items(folder, text.prompt_set.classes), limit or None)
                 inputs = (Input(str(item.key), item.error) for item in items)
@@ -156,7 +156,7 @@ def eval_cmd(
     run.record.update(precision=prepared.precision, runtime=tower.runtime)
     record, failed = run.record, run.failed
     if shots is not None:
-        from ..adapt import few_shot_eval
+        from ..uses.adapt import few_shot_eval
 
         with spinner(show, f"adapting to {shots} examples per class, {seeds} draws"):
             record["few_shot"] = few_shot_eval(
@@ -164,11 +164,11 @@ def eval_cmd(
                 workers=workers, max_bytes=max_bytes, tower=tower,
             )  # fmt: skip
     if calibrate_dest is not None:
-        from ..calibration import calibrate_on
+        from ..uses.calibration import calibrate_on
 
         record["calibration"] = calibrate_on(run, loaded, text, calibrate_dest)
     if report_dest is not None:
-        from ..report import eval_report
+        from ..uses.report import eval_report
 
         with spinner(show, "writing the report"):
             eval_report(report_dest, run, text, loaded.logit_scale)
@@ -185,7 +185,7 @@ def _eval_total(folder: Path | None, data_dir: Path | None, split: str, limit: i
     their header; a folder is counted while the run goes)."""
     if folder is not None:
         return None
-    from ..idx import split_size
+    from ..image.idx import split_size
 
     try:
         n = split_size(data_dir, split)

@@ -8,12 +8,10 @@ from typing import Annotated
 
 import typer
 
-from ..catalog import SortKey
-from ..errors import UsageError
+from ..base.errors import UsageError
+from ..model.catalog import SortKey
 from .app import app, handle_errors
-from .common import (
-    write_record,
-)
+from .common import write_record
 
 
 @app.command()
@@ -29,7 +27,7 @@ def models(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON record per model and tag, for scripts.")] = False,
 ) -> None:
     """Choose a model: family, parameters, input size, extra packages, published ImageNet top-1 and GFLOPs."""
-    from ..catalog import RESULTS_SOURCE, catalog, sort_rows
+    from ..model.catalog import RESULTS_SOURCE, catalog, sort_rows
 
     rows = catalog(untagged=untagged)
     if family:
@@ -80,7 +78,7 @@ def datasets(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON record per dataset, for scripts.")] = False,
 ) -> None:
     """List the bundled prompt packs (for --dataset): classes, templates, description."""
-    from ..prompts import datasets as bundled
+    from ..text.prompts import datasets as bundled
 
     packs = bundled()
     if as_json:
@@ -129,7 +127,7 @@ def cache_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="JSON instead of a table.")] = False,
 ) -> None:
     """Show the cache folder and its entries, or clear them."""
-    from .. import cache
+    from ..base import cache
 
     root = cache.cache_dir()
     if clear or action is CacheAction.CLEAR:
