@@ -53,9 +53,6 @@ class _OldPathFinder:
     path finder and its own loader (not derived from ``importlib.abc``, whose import costs every
     command ~10 ms of ``importlib.resources``)."""
 
-    def __init__(self) -> None:
-        self._real_specs: dict[str, Any] = {}
-
     def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> importlib.machinery.ModuleSpec | None:
         package, _, old = fullname.rpartition(".")
         if package != PACKAGE or old not in OLD_PATHS:
@@ -69,13 +66,13 @@ class _OldPathFinder:
         if moved and "__getattr__" not in vars(module):
             module.__getattr__ = _moved_lookup(module.__name__, moved)  # type: ignore[method-assign]
         # the import system sets __spec__ to this alias's spec: exec_module puts the real one back
-        self._real_specs[spec.name] = module.__spec__
+        spec.loader_state = module.__spec__
         return module
 
     def exec_module(self, module: ModuleType) -> None:
-        real = self._real_specs.pop(module.__spec__.name, None) if module.__spec__ else None
-        if real is not None:
-            module.__spec__ = real
+        alias = module.__spec__
+        if alias is not None and alias.loader_state is not None:
+            module.__spec__ = alias.loader_state
 
 
 def _moved_lookup(module_name: str, moved: dict[str, tuple[str, str]]) -> Any:
