@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -148,3 +150,36 @@ def fake_model(monkeypatch):
 
     monkeypatch.setattr(models, "load_model", fake_loader)
     return ["-m", "ViT-B-32", "-p", "openai", "--no-cache", "--workers", "0"]
+
+
+# The side-file tests (test_sidefiles_*.py): the installed console script on the examples.
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "fashion"
+ZEROSHOT = str(Path(sys.executable).with_name("zeroshot"))
+SIDE_FASHION = ["-m", "fashion-mini", "--dataset", "fashion-mnist", "-q", "-b", "8", "--workers", "0"]
+
+
+@pytest.fixture
+def work(tmp_path: Path) -> Path:
+    """A folder of its own for a run's files (tmp_path also holds the test's cache)."""
+    folder = tmp_path / "work"
+    folder.mkdir()
+    return folder
+
+
+def as_nobody() -> list[str]:
+    """The command prefix that runs as an unprivileged user: none when the suite is not root."""
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.fail("as root, this test runs a command as nobody with util-linux's setpriv, which is missing")
+    return [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+
+@pytest.fixture
+def open_dir():
+    """A folder any user may enter (pytest's own tmp folders are private to the user who runs it)."""
+    folder = Path(tempfile.mkdtemp(prefix="zeroshot-open-"))
+    folder.chmod(0o755)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)

@@ -18,6 +18,7 @@ import json
 import math
 import os
 import re
+import socket
 import threading
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,8 @@ PATH = re.compile(r"^/(?P<repo>.+?)/resolve/(?P<rev>[^/]+)/(?P<file>.+)$")
 class StandInHub:
     """Serves ``root/<org>/<repo>/<file>`` at ``/<org>/<repo>/resolve/<rev>/<file>``."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, host: str = "127.0.0.1") -> None:
+        """``host``: the loopback address to listen on (``::1`` for an IPv6 endpoint)."""
         self.root = root
         self.broken: dict[tuple[str, str], int] = {}
         self.failing: set[tuple[str, str]] = set()
@@ -47,9 +49,12 @@ class StandInHub:
             def do_GET(self) -> None:
                 hub.answer(self, body=True)
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Server(http.server.ThreadingHTTPServer):
+            address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+        self.httpd = Server((host, 0), Handler)
         self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.url = f"http://{f'[{host}]' if ':' in host else host}:{self.httpd.server_address[1]}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
 

@@ -136,3 +136,25 @@ def test_where_zero_shot_knows_nothing_the_probe_is_free_and_one_example_still_k
     kept = adapt(feats[::8], one, w0, 100.0, classes)
     assert kept.lam == 1e4  # the strongest pull, as before: zero-shot's answers stay
     assert torch.equal((feats @ kept.weights.T).argmax(dim=1), (feats @ w0.T).argmax(dim=1))
+
+
+def test_adapt_prompts_folder_names_with_spaces_in_the_cli_and_the_library(fake_model, tmp_path):
+    """Sub-folders ``dark_red`` and ``light_blue``: the classes are "dark red" and "light blue"
+    (the fake model reads a colour word only when it stands alone, so the prompts matter), each
+    folder's examples count for its own class, and the library's ``adapt`` names them alike."""
+    from PIL import Image
+
+    folder = tmp_path / "examples"
+    for sub, colour in (("dark_red", (200, 0, 0)), ("light_blue", (0, 0, 230))):
+        (folder / sub).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (16, 16), tuple(max(0, c - 20 * i) for c in colour)).save(folder / sub / f"{i}.png")
+    out = tmp_path / "adapted.safetensors"
+    result = invoke("adapt", folder, *fake_model, "-o", out)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["shots"] == {"dark red": 3, "light blue": 3}
+    clf = zeroshot.Zeroshot(model="ViT-B-32", pretrained="openai", device="cpu", runtime="torch")
+    adapted = clf.adapt(folder, workers=0)
+    assert adapted.classes == ("dark red", "light blue")
+    zero = clf.text_classifier(zeroshot.resolve_prompt_set(labels=["dark red", "light blue"]))
+    assert [int(np.argmax(row)) for row in zero.weights] == [0, 2]  # "red" and "blue" were read from the prompts

@@ -130,14 +130,16 @@ def test_cache_command_lists_and_clears(checkpoint):
     assert listing.exit_code == 0
     info = json.loads(listing.stdout)
     assert info["cache_dir"] == str(cache.cache_dir())
-    assert len(info["entries"]) == 1 and info["entries"][0]["classes"] == 2  # a number, for jq comparisons
+    texts = [e for e in info["entries"] if e["kind"] == "text-classifier"]
+    assert len(texts) == 1 and texts[0]["classes"] == 2  # a number, for jq comparisons
+    assert {e["kind"] for e in info["entries"]} == {"text-classifier", "checkpoint-hash"}  # and the file's hash
     table = CliRunner().invoke(app, ["cache"])
-    assert "1 entries" in table.stdout and "labels+default" in table.stdout
+    assert "text classifiers\t1\t1\t" in table.stdout and "labels+default" in table.stdout
     cleared = json.loads(CliRunner().invoke(app, ["cache", "--clear"]).stdout)
-    assert cleared["removed"] >= 1
+    assert (cleared["removed"], cleared["bytes_freed"], cleared["left"]) == (2, info["bytes"], [])
     assert json.loads(CliRunner().invoke(app, ["cache", "--json"]).stdout)["entries"] == []
     build(checkpoint)
-    assert json.loads(CliRunner().invoke(app, ["cache", "clear"]).stdout)["removed"] >= 1
+    assert json.loads(CliRunner().invoke(app, ["cache", "clear"]).stdout)["removed"] == 2
     assert CliRunner().invoke(app, ["cache", "wipe"]).exit_code == 2
 
 
@@ -178,3 +180,62 @@ def test_cache_hit_needs_no_torch(checkpoint):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["True", "False"]
+
+
+@pytest.fixture
+def opens(monkeypatch):
+    """Counts every opening of a file by path: Python's own, safetensors' ``safe_open`` and ``load_file``."""
+    import builtins
+
+    import safetensors
+    import safetensors.numpy
+
+    seen: list[str] = []
+
+    def counting(fn):
+        def wrapper(path, *args, **kwargs):
+            seen.append(str(path))
+            return fn(path, *args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(builtins, "open", counting(builtins.open))
+    monkeypatch.setattr(Path, "open", lambda self, *a, **k: counting(builtins.open)(self, *a, **k))
+    monkeypatch.setattr(safetensors, "safe_open", counting(safetensors.safe_open))
+    monkeypatch.setattr(safetensors.numpy, "load_file", counting(safetensors.numpy.load_file))
+    return seen
+
+
+def test_an_entry_is_read_once_to_load_and_once_to_list(checkpoint, opens):
+    """safetensors reads the header and the tensor from one opening: loading an entry opens it
+    once, listing opens each entry once (and reads no tensor)."""
+    path = Path(json.loads(build(checkpoint).stdout)["cache_file"])
+    key = cache.read_metadata(path)["key"]
+    opens.clear()
+    entry = cache.load_entry(path, key, 2)
+    assert entry.weights.shape[0] == 2 and opens == [str(path)]
+    opens.clear()
+    (listed,) = cache.list_entries()
+    assert listed.meta["key"] == key and opens == [str(path)]
+
+
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [
+        (b"", "truncated"),
+        (b"\x05\x00\x00", "truncated"),
+        (b"\xff" * 8 + b"{}", "truncated or not a safetensors file"),
+        (b"\x08\x00\x00\x00\x00\x00\x00\x00{not js}", "header is not valid JSON"),
+    ],
+)
+def test_a_damaged_entry_is_listed_with_its_problem_on_one_line(data, problem):
+    path = cache.entry_path("ab" * 32)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(data)
+    (listed,) = cache.list_entries()
+    assert listed.problem is not None and problem in listed.problem and "\n" not in listed.problem
+    with pytest.raises(cache.CorruptEntry, match=problem):
+        cache.load_entry(path, "{}", 2)
+    table = CliRunner().invoke(app, ["cache", "--json"])
+    (shown,) = [e for e in json.loads(table.stdout)["entries"] if e.get("file") == str(path)]
+    assert shown["problem"] == listed.problem

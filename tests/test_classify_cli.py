@@ -144,10 +144,10 @@ def test_usage_errors_exit_2(checkpoint, image_dir):
 
 
 def test_usage_errors_from_the_installed_command_are_one_line(tmp_path):
-    """The line main() makes of Typer's own parsing errors (an unknown option, a value out of range),
+    """The line main() makes of Typer's own parsing errors (an unknown option, a value that is no number),
     as a shell user sees it; and --version."""
     for args, words in (
-        (["classify", "x.png", "--top-k", "0"], "Invalid value for '--top-k' / '-k'"),
+        (["classify", "x.png", "--top-k", "many"], "Invalid value for '--top-k' / '-k'"),
         (["classify", "x.png", "--bogus"], "No such option: --bogus"),
         (["clasify"], "No such command 'clasify'"),
     ):
@@ -209,8 +209,11 @@ def test_options_and_records_with_a_fake_model(fake_model, tmp_path):
     records = parse(invoke("classify", *paths, *labels, *fake_model, "-k", "2").stdout)
     assert [r["label"] for r in records] == list(COLOURS)
     assert all(len(r["top_k"]) == 2 and r["score"] > 0.9 for r in records)
-    table = invoke("classify", *paths, *labels, *fake_model, "-f", "csv", "--min-score", "0.999")
-    rows = list(csv.DictReader(io.StringIO(table.stdout)))
+    cut = invoke("classify", *paths, *labels, *fake_model, "-f", "csv", "--min-score", "0.999")
+    rows = list(csv.DictReader(io.StringIO(cut.stdout)))
     assert [row["path"] for row in rows] == paths and all(row["label"] == "" for row in rows)
+    # the CSV's top_k still holds each record's scores: the best guess, under the cut-off
+    assert [json.loads(row["top_k"])[0] for row in rows] == [r["top_k"][0] for r in records]
+    assert all(float(row["score"]) == r["score"] < 0.999 for row, r in zip(rows, records, strict=True))
     multi = parse(invoke("classify", paths[0], *labels, *fake_model, "--multi-label", "--threshold", "0.5").stdout)
     assert multi[0]["labels"] == ["red"]

@@ -50,3 +50,63 @@ def test_eval_predictions_are_classifys_on_jpeg_png_and_exif_rotated(tmp_path, c
     for other, same in ((turned, True), (plain, False)):
         close = all(abs(got[t["label"]] - t["score"]) < 1e-6 for t in other["top_k"])
         assert close is same, (got, other)
+
+
+def test_folder_names_with_underscores_are_prompted_with_spaces(tmp_path):
+    """Class folders named as users name them (``ankle_boot``): the prompts say "ankle boot" (the
+    text classifier is the one ``--label "ankle boot"`` builds: the same cache entry), records and
+    figures name the class so, and each folder's images are scored against their own class."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from zeroshot.cli.common import folder_prompt_set
+    from zeroshot.model.models import BUNDLED_NAME
+
+    examples = Path(__file__).resolve().parent.parent / "examples" / "fashion"
+    folder = tmp_path / "labelled"
+    for sub, prefix in (("ankle_boot", "ankle-boot"), ("t_shirt", "t-shirt-top")):
+        (folder / sub).mkdir(parents=True)
+        for p in sorted(examples.glob(f"{prefix}-*.png")):
+            shutil.copy(p, folder / sub / p.name)
+    zeroshot = [str(Path(sys.executable).with_name("zeroshot"))]  # the installed console script, a fresh process
+    model = ["-m", BUNDLED_NAME, "-q", "--workers", "0"]
+    done = subprocess.run([*zeroshot, "eval", str(folder), *model], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    record = json.loads(done.stdout)
+    assert record["classes"] == ["ankle boot", "t shirt"] and set(record["per_class_recall"]) == set(record["classes"])
+    assert [sum(row) for row in record["confusion_matrix"]] == [4, 4]
+    built = subprocess.run([*zeroshot, "build-prompts", "--label", "ankle boot", "--label", "t shirt", *model[:3]],
+                           capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert json.loads(built.stdout)["cache_hit"] is True, built.stdout + built.stderr  # eval built these prompts
+    labels = ["--label", "ankle boot", "--label", "t shirt"]
+    classified = subprocess.run([*zeroshot, "classify", str(folder), *model, *labels, "-k", "1"],
+                                capture_output=True, text=True, timeout=300)  # fmt: skip
+    rows = [json.loads(line) for line in classified.stdout.splitlines()]
+    assert len(rows) == 8
+    right = [r["label"] == Path(r["path"]).parent.name.replace("_", " ") for r in rows]
+    assert record["top1"] == sum(right) / len(right)
+    assert record["per_class_recall"]["ankle boot"] == sum(right[:4]) / 4  # sorted: ankle_boot/ first
+    prompts = folder_prompt_set(folder, None, None, None, None)  # what eval and adapt prompt with
+    assert prompts.classes == ("ankle boot", "t shirt")
+    assert "itap of a ankle boot." in prompts.all_prompts() and "a origami t shirt." in prompts.all_prompts()
+
+
+def test_two_sub_folders_naming_one_class_are_refused(tmp_path):
+    """``ankle_boot`` and ``ankle boot`` both name the class "ankle boot": one line says so, instead
+    of every image of one going to the other; a folder of names in another script keeps its classes."""
+    import pytest
+
+    from zeroshot.base.errors import UsageError
+    from zeroshot.uses.evaluate import folder_classes
+
+    for sub in ("ankle_boot", "ankle boot", "sandal"):
+        (tmp_path / "twice" / sub).mkdir(parents=True)
+    with pytest.raises(UsageError, match="sub-folders 'ankle boot' and 'ankle_boot' name the same class"):
+        folder_classes(tmp_path / "twice")
+    for sub in ("猫", "犬_子"):
+        (tmp_path / "kanji" / sub).mkdir(parents=True)
+    assert folder_classes(tmp_path / "kanji") == ["犬 子", "猫"]

@@ -22,6 +22,7 @@ from zeroshot.model.models import BUNDLED_NAME, BUNDLED_WEIGHTS, load_model, reg
 from zeroshot.text.prompts import load_pack
 
 from .conftest import DATA
+from .test_preprocess_equal import assert_same_preprocessing
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples" / "fashion"
@@ -47,7 +48,7 @@ def test_bundled_model_is_built_by_open_clips_factory():
     spec = resolve_spec(BUNDLED_NAME)
     assert spec.kind == "file" and spec.pretrained == str(BUNDLED_WEIGHTS)
     loaded = load_model(spec)
-    assert repr(loaded.preprocess) == repr(preprocess)
+    assert_same_preprocessing(loaded.preprocess, preprocess)
     listing = CliRunner().invoke(app, ["models", "--json"])
     first = json.loads(listing.stdout.splitlines()[0])
     assert first["model"] == BUNDLED_NAME and "Fashion-MNIST" in first["description"]

@@ -15,7 +15,6 @@ import signal
 import stat
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import pytest
 
 from zeroshot.model.models import BUNDLED_NAME
 
-from .conftest import default_sigint
+from .conftest import as_nobody, default_sigint
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "fashion"
 ZEROSHOT = str(Path(sys.executable).with_name("zeroshot"))  # the installed console script
@@ -145,25 +144,6 @@ def test_a_folder_or_unwritable_place_is_refused_before_any_work(pictures, tmp_p
     done = console("classify", *pictures, "-m", "NoSuchModel", "--label", "a", "-o", str(tmp_path / "no" / "x"))
     assert done.returncode == 2 and "its folder does not exist" in done.stderr
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "cache") == ["a-folder"]
-
-
-def as_nobody() -> list[str]:
-    """The command prefix that runs as an unprivileged user: none when the suite is not root."""
-    if os.geteuid() != 0:
-        return []
-    setpriv = shutil.which("setpriv")
-    if setpriv is None:
-        pytest.fail("as root, this test runs a command as nobody with util-linux's setpriv, which is missing")
-    return [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups"]
-
-
-@pytest.fixture
-def open_dir():
-    """A folder any user may enter (pytest's own tmp folders are private to the user who runs it)."""
-    folder = Path(tempfile.mkdtemp(prefix="zeroshot-open-"))
-    folder.chmod(0o755)
-    yield folder
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_unprivileged_user_gets_permission_denied_records_and_refusals(open_dir):

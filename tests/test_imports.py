@@ -99,7 +99,7 @@ LAYERS = {
     "uses": 4,
     "assembly": 5,
     "engines": 6,
-    "oldpaths": 7,  # with the package itself: the library's API
+    "api": 7,  # the package itself: the library's API
     "cli": 8,
     "__main__": 9,
 }
@@ -107,7 +107,7 @@ LAYERS = {
 
 def part(module: str) -> str:
     """The folder (or top-level module) a module belongs to."""
-    return module.split(".")[1] if "." in module else "oldpaths"  # the package: with the API
+    return module.split(".")[1] if "." in module else "api"  # the package itself
 
 
 def layer_breaches(graph: dict[str, set[str]]) -> list[str]:
@@ -140,26 +140,27 @@ def test_a_breach_is_found():
     ]
 
 
-def test_old_module_paths_are_the_modules_now():
-    """0.1's flat paths, in a fresh process (an earlier import in this one could hide a miss)."""
+def test_no_old_module_paths_and_no_import_hooks():
+    """0.1's flat module paths were never released and are gone: no meta-path finder rewrites
+    modules, so ``zeroshot.models`` is simply missing (in a fresh process, and from ``python -m``)."""
     import subprocess
     import sys
 
     code = """
-import importlib, zeroshot
-from zeroshot.oldpaths import MOVED_NAMES, OLD_PATHS
-for old, now in OLD_PATHS.items():
-    assert importlib.import_module("zeroshot." + old) is importlib.import_module("zeroshot." + now), old
-    assert getattr(zeroshot, old).__spec__.name == "zeroshot." + now
-for old, names in MOVED_NAMES.items():
-    for name, (where, new) in names.items():
-        assert getattr(importlib.import_module("zeroshot." + old), name) is getattr(
-            importlib.import_module("zeroshot." + where), new), (old, name)
-from zeroshot.pipeline import ImageEncoder, classify_inputs
-from zeroshot.models import load_model, resolve_device
-import zeroshot.models as models, zeroshot.model.models as now
-assert models.load_model is now.load_model and classify_inputs.__module__ == "zeroshot.uses.records"
-print(len(OLD_PATHS))
+import importlib, sys
+before = list(sys.meta_path)
+import zeroshot
+assert sys.meta_path == before, sys.meta_path
+for old in ("models", "pipeline", "catalog", "cache", "ranking"):
+    try:
+        importlib.import_module("zeroshot." + old)
+    except ModuleNotFoundError as e:
+        assert e.name == "zeroshot." + old, e.name
+    else:
+        raise AssertionError(old)
+print("ok")
 """
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert int(out) == 39  # every flat module of 0.1 but assembly, which stays where it was
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "ok\n"
+    ran = subprocess.run([sys.executable, "-m", "zeroshot.catalog", "--write"], capture_output=True, text=True)
+    assert ran.returncode == 1 and ran.stderr.strip().endswith("No module named zeroshot.catalog"), ran.stderr
+    assert "AttributeError" not in ran.stderr

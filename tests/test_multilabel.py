@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 from types import SimpleNamespace
@@ -19,6 +21,7 @@ from zeroshot.uses.calibration import expected_calibration_error, fit_platt, loa
 from zeroshot.uses.ranking import MultiLabel, multilabel_records, multilabel_scores
 
 from .conftest import ARCH, invoke
+from .test_table_output import assert_table_is
 
 LABELS = ["tabby cat", "red car", "green tree", "blue sky"]
 
@@ -153,18 +156,40 @@ def test_calibration_for_another_model_or_broken_is_refused(calibration_file, ch
 
 
 def test_multi_label_in_every_format_and_with_min_score(checkpoint, image_dir, tmp_path):
-    paths = sorted(str(p) for p in image_dir.iterdir())[:2]
-    base = ["classify", *paths, "--label", "cat", "--label", "dog", "-m", ARCH, "-p", checkpoint, "--multi-label", "-q"]
-    csv_out = invoke(*base, "--threshold", "0", "-f", "csv")
-    header, *rows = csv_out.stdout.splitlines()
-    assert header == "path,label,score,error,top_k,labels" and len(rows) == 2
-    assert all(r.rsplit(",", 1)[1] in ("cat;dog", "dog;cat") for r in rows)  # threshold 0: both present
-    table = invoke(*base, "--threshold", "0", "-f", "table")
-    assert "labels" in table.stdout.splitlines()[1] and ("cat, dog" in table.stdout or "dog, cat" in table.stdout)
-    none = invoke(*base, "--threshold", "1")
-    for line in none.stdout.splitlines():
-        rec = json.loads(line)
-        assert rec["labels"] == [] and rec["label"] is None and len(rec["top_k"]) == 2
+    paths = sorted(str(p) for p in image_dir.iterdir())[:3]
+    labels = ["cat", "dog", "car"]
+    base = ["classify", *paths, *[a for lab in labels for a in ("--label", lab)], "-m", ARCH, "-p", checkpoint,
+            "--multi-label", "-q"]  # fmt: skip
+    # Each label's score is its own sigmoid, whatever the threshold. At 1 no label is present; that
+    # run gives the scores. The threshold then goes between one image's second and third best, so
+    # that two of its labels are present (best first) and one is not; at 0, every label would be
+    # present whatever the scores.
+    none = [json.loads(line) for line in invoke(*base, "--threshold", "1").stdout.splitlines()]
+    assert len(none) == len(paths)
+    for rec in none:
+        assert rec["labels"] == [] and rec["label"] is None and len(rec["top_k"]) == len(labels)
+    scores = [{t["label"]: t["score"] for t in rec["top_k"]} for rec in none]
+    split = max(scores, key=lambda record: sorted(record.values())[-2] - sorted(record.values())[-3])
+    threshold = (sorted(split.values())[-2] + sorted(split.values())[-3]) / 2
+    assert min(abs(v - threshold) for record in scores for v in record.values()) > 0.005
+    present = [sorted((lab for lab in labels if record[lab] >= threshold), key=lambda lab: -record[lab])
+               for record in scores]  # fmt: skip
+    assert len(present[scores.index(split)]) == 2 and 0 < sum(map(len, present)) < len(paths) * len(labels)
+    lines = invoke(*base, "--threshold", threshold, "-k", len(labels))
+    records = [json.loads(line) for line in lines.stdout.splitlines()]
+    assert [r["labels"] for r in records] == present
+    assert [{t["label"]: t["score"] for t in r["top_k"]} for r in records] == scores
+    assert [(r["label"], r["score"]) for r in records] == [
+        (p[0] if p else None, max(s.values())) for p, s in zip(present, scores, strict=True)
+    ]
+    csv_out = invoke(*base, "--threshold", threshold, "-f", "csv")
+    rows = list(csv.DictReader(io.StringIO(csv_out.stdout)))
+    assert csv_out.stdout.splitlines()[0] == "path,label,score,error,top_k,labels"
+    assert [(row["path"], row["labels"].split(";") if row["labels"] else []) for row in rows] == list(
+        zip(paths, present, strict=True)
+    )
+    table = invoke(*base, "--threshold", threshold, "-k", len(labels), "-f", "table")
+    assert_table_is(table.stdout, records, multi_label=True)
     # --min-score is the single-label cut-off: with --multi-label it would contradict the threshold
     # ("label": null beside labels present), so the pair is refused, as in the library.
     both = invoke(*base, "--threshold", "0", "--min-score", "0.99999")
@@ -181,8 +206,8 @@ def test_multi_label_options_are_never_silently_ignored(fake_model, tmp_path):
     cal = tmp_path / "cal.json"
     cal.write_text("{}")
     refused = {
-        ("--threshold", "0.3"): "--threshold apply only with --multi-label (or --calibration)",
-        ("--background", "garment"): "--background apply only with --multi-label (or --calibration)",
+        ("--threshold", "0.3"): "--threshold applies only with --multi-label (or --calibration)",
+        ("--background", "garment"): "--background applies only with --multi-label (or --calibration)",
         ("--threshold", "0.3", "--background", "x"): "--threshold and --background apply only with --multi-label",
         ("--calibration", str(cal), "--background", "x"): "--background is not used with --calibration",
         ("--multi-label", "--min-score", "0.5"): "--min-score is for single-label runs",

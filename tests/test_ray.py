@@ -269,13 +269,60 @@ def test_a_killed_driver_resumed_gives_every_record_once(ray_installed, folder, 
     assert 0 < kept < len(ref)
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert again.returncode == 2 and "add --resume to go on" in again.stderr  # never mixed in silently
+    # Files the engine did not write, among its own: never read as records, rewritten nor removed.
+    foreign = {"notes.jsonl": b'{"note": "no path here"}\n{"cut sh', "old.parquet": b"PAR1 not really",
+               "_index.json": b"{}"}  # fmt: skip
+    for name, data in foreign.items():
+        (out / name).write_bytes(data)
     resumed = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 1, resumed.stderr[-3000:]  # the broken and empty inputs
+    left = "_index.json, notes.jsonl, old.parquet (left as they are, not read as records)"
+    assert f"zeroshot: warning: {out} holds files this engine did not write: {left}\n" in resumed.stderr
     summary = json.loads(resumed.stdout)
     assert summary["resumed_after"] == kept and summary["records"] == len(ref)
     rows = list(iter_records(out))
     assert len(rows) == len(ref)  # nothing twice
     assert_same({r["path"]: r for r in rows}, ref)  # nothing missing, the same records
+    assert {name: (out / name).read_bytes() for name in foreign} == foreign
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_resume_touches_only_the_block_files_its_mark_lists(fmt, tmp_path, caplog):
+    """The engine's mark names each run's block files (a token in their names): a resumed run mends
+    or removes only those when a kill cut them short; any other file stays byte for byte, unread,
+    and is named in a warning. (No Ray needed: the folder is read before Ray starts.)"""
+    import pyarrow.parquet as pq
+
+    from zeroshot.base.errors import UsageError
+    from zeroshot.engines.distributed import count_output, iter_records, records_table
+    from zeroshot.uses.resume import BlockFolder, folder_progress
+
+    out = tmp_path / "out"
+    token = BlockFolder(out, fmt).begin()
+    recs = [{"path": f"{i}.png", "label": "cat", "score": 0.9, "top_k": [{"label": "cat", "score": 0.9}]}
+            for i in range(4)]  # fmt: skip
+    whole, torn = out / f"zeroshot-{token}-w-000000.{fmt}", out / f"zeroshot-{token}-w-000001.{fmt}"
+    if fmt == "parquet":
+        pq.write_table(records_table(recs[:3]).drop_columns(["record"]), whole)
+        pq.write_table(records_table(recs[3:]).drop_columns(["record"]), torn)
+        torn.write_bytes(torn.read_bytes()[:40])  # no footer: a write cut short
+        foreign = {"old.parquet": b"PAR1 not a parquet file", "notes.jsonl": b'{"no": "path"}\n'}
+    else:
+        whole.write_text("".join(json.dumps(r) + "\n" for r in recs[:3]))
+        torn.write_text(json.dumps(recs[3]) + '\n{"path": "4.png", "lab')
+        foreign = {"notes.jsonl": b'{"no": "path"}\n{"cut', "old.parquet": b"PAR1 not a parquet file"}
+    for name, data in foreign.items():
+        (out / name).write_bytes(data)
+    with pytest.raises(UsageError, match="holds 2 record files of an earlier run already: add --resume"):
+        folder_progress(out, fmt, False)
+    done = folder_progress(out, fmt, True)
+    assert done == ({"0.png", "1.png", "2.png"} if fmt == "parquet" else {"0.png", "1.png", "2.png", "3.png"})
+    assert {name: (out / name).read_bytes() for name in foreign} == foreign
+    assert torn.exists() == (fmt == "jsonl")  # Parquet without its footer: removed (it was ours)
+    assert [r["path"] for r in iter_records(out, fmt)] == sorted(done)
+    assert count_output(out, fmt) == (len(done), 0)
+    notes = [r.getMessage() for r in caplog.records if r.name == "zeroshot"]
+    assert any(f"{out} holds files this engine did not write: " in m and "old.parquet" in m for m in notes), notes
 
 
 def test_a_videos_frames_spread_over_actors_as_frame_tasks(local_ray, folder, checkpoint, tmp_path):

@@ -16,6 +16,7 @@ from zeroshot.cli import app
 from zeroshot.text.prompts import load_pack, render
 
 from .conftest import ARCH
+from .test_preprocess_equal import assert_same_preprocessing
 
 LABELS = ["a red fox", "tabby cat", "golden retriever", "sports car", "maple tree"]
 
@@ -96,4 +97,4 @@ def test_preprocessing_is_open_clips(checkpoint, reference):
     from zeroshot.model.models import load_model, resolve_spec
 
     loaded = load_model(resolve_spec(ARCH, str(checkpoint)))
-    assert repr(loaded.preprocess) == repr(reference[1])
+    assert_same_preprocessing(loaded.preprocess, reference[1])

@@ -8,6 +8,7 @@ import json
 import re
 import shutil
 import subprocess
+from html import unescape
 
 import pytest
 from PIL import Image
@@ -29,6 +30,33 @@ def data_images(html: str) -> list[Image.Image]:
         assert img.format.lower() == kind
         out.append(img)
     return out
+
+
+def sheet_cards(html: str) -> list[dict]:
+    """The contact sheet's cards in order, read back: the path (its title), the label line or the
+    error, each bar's label and score as shown, and whether it has a thumbnail."""
+    grid = html.split('<div class="grid">', 1)[1]
+    cards = []
+    for chunk in re.split(r'(?=<div class="card(?: err)?">)', grid)[1:]:
+        card = {"path": unescape(re.search(r'<div class="name" title="([^"]*)">', chunk)[1]),
+                "thumbnail": 'src="data:image/' in chunk}  # fmt: skip
+        if chunk.startswith('<div class="card err">'):
+            card["error"] = unescape(re.search(r'<div class="errmsg">(.*?)</div>', chunk)[1])
+        else:
+            card["label"] = unescape(re.search(r'<div class="label(?: none)?">(.*?)</div>', chunk)[1])
+            bars = re.findall(r'<span>(.*?)</span></div><div class="v">([^<]*)</div>', chunk)
+            card["bars"] = [(unescape(label), value) for label, value in bars]
+        cards.append(card)
+    return cards
+
+
+def card_of(record: dict) -> dict:
+    """What the card of a record shows: its path, its label ("none of these" when it has none) and
+    its top-k with scores to 3 places, or its error."""
+    if "error" in record:
+        return {"path": record["path"], "thumbnail": False, "error": record["error"]}
+    return {"path": record["path"], "thumbnail": True, "label": record["label"] or "none of these",
+            "bars": [(t["label"], f"{t['score']:.3f}") for t in record["top_k"]]}  # fmt: skip
 
 
 def assert_self_contained(html: str) -> None:
@@ -80,11 +108,13 @@ def test_classify_contact_sheet_one_card_per_input_escaped(tmp_path, image_dir):
     html = out.read_text(encoding="utf-8")
     assert_self_contained(html)
     assert html.count('<div class="card">') + html.count('<div class="card err">') == len(records) == 5
-    assert html.count('<div class="card err">') == 1 and "not an image" in html
+    assert sheet_cards(html) == [card_of(r) for r in records]  # one card per record, in order, each its record
+    assert sum("error" in r for r in records) == 1 and sum(r.get("label", "") is None for r in records) >= 1
     assert HOSTILE not in html and "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;&amp;.png" in html
     assert len(data_images(html)) == 4  # every readable input has its thumbnail
     nulls = sum(r.get("label", "") is None for r in records)
-    assert html.count("none of these</div>") == nulls
+    stats = re.findall(r'<div class="stat"><b>([^<]*)</b><span>([^<]*)</span></div>', html)
+    assert stats == [("5", "inputs"), ("1", "errors"), (str(nulls), "none of these")]
     assert oct(out.stat().st_mode & 0o777) != oct(0o600)
 
 

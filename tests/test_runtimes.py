@@ -19,7 +19,18 @@ from .conftest import ARCH, make_image
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "fashion"
 ZEROSHOT = str(Path(sys.executable).with_name("zeroshot"))
-FASHION = ["-m", BUNDLED_NAME, "--dataset", "fashion-mnist", "-k", "3", "-q"]
+# -k 10: every class's probability is in the record, so every one of them is compared.
+FASHION = ["-m", BUNDLED_NAME, "--dataset", "fashion-mnist", "-k", "10", "-q"]
+
+# The README's bounds ("The CPU engine"), and what was measured against them on a 2-core AVX-512 CPU:
+# ONNX Runtime fp32 gives torch's records to 2e-6 in probability (at most 1.3e-6 on the 40 examples,
+# 5.6e-7 on the random ViT-S-32 below) with the same labels, and torch's text classifiers to 1e-6
+# (1.2e-7). int8 costs 0.06 points of top-1 on the 10,000 Fashion-MNIST test images (18 labels of
+# the 10,000 change): on the 40 examples, which are test images too, that is no label at all, and
+# no probability moves by more than 0.05 (0.025 measured).
+RECORDS_TOLERANCE = 2e-6
+TEXT_TOLERANCE = 1e-6
+INT8_TOLERANCE = 0.05
 
 
 @pytest.fixture(scope="module")
@@ -35,13 +46,22 @@ def by_path(records):
     return {r["path"]: r for r in records}
 
 
-def assert_close(a: list[dict], b: list[dict], tol: float) -> float:
-    """The same labels in the same order, every probability within ``tol``; the worst difference."""
+def worst_difference(a: list[dict], b: list[dict]) -> float:
+    """The largest difference of one label's probability between two runs' records of the same
+    inputs, every class in (the records' top_k hold them all)."""
     assert [r["path"] for r in a] == [r["path"] for r in b]
     worst = 0.0
     for x, y in zip(a, b, strict=True):
-        assert [t["label"] for t in x["top_k"]] == [t["label"] for t in y["top_k"]], (x, y)
-        worst = max(worst, *(abs(s["score"] - t["score"]) for s, t in zip(x["top_k"], y["top_k"], strict=True)))
+        p, q = ({t["label"]: t["score"] for t in r["top_k"]} for r in (x, y))
+        assert p.keys() == q.keys() and len(p) > 1, (x, y)
+        worst = max(worst, *(abs(p[label] - q[label]) for label in p))
+    return worst
+
+
+def assert_close(a: list[dict], b: list[dict], tol: float) -> float:
+    """The same label for every input, every probability within ``tol``; the worst difference."""
+    assert [r["label"] for r in a] == [r["label"] for r in b]
+    worst = worst_difference(a, b)
     assert worst <= tol, worst
     return worst
 
@@ -55,7 +75,7 @@ def test_onnx_records_equal_torch_at_batch_sizes_1_3_and_32(checkpoint, many):
     assert onnx_zs.image_tower().runtime == "onnx" and torch_zs.image_tower().runtime == "torch"
     for batch_size in (1, 3, 32):
         got = list(onnx_zs.classify(many, text, top_k=4, workers=0, batch_size=batch_size))
-        assert_close(got, reference, 1e-4)
+        assert_close(got, reference, RECORDS_TOLERANCE)
     # The comparison can fail: the probabilities spread far wider than the tolerance.
     assert max(r["score"] - r["top_k"][-1]["score"] for r in reference) > 0.05
     # The text tower in ONNX Runtime (batches cut to their longest prompt) builds the same classifier,
@@ -66,14 +86,14 @@ def test_onnx_records_equal_torch_at_batch_sizes_1_3_and_32(checkpoint, many):
                        zeroshot.load_pack("fer2013")):  # fmt: skip
         by_torch = torch_zs.text_classifier(prompt_set, use_cache=False).weights
         by_onnx = onnx_zs.text_classifier(prompt_set, use_cache=False).weights
-        assert 0 < np.abs(by_torch - by_onnx).max() <= 1e-5
+        assert 0 < np.abs(by_torch - by_onnx).max() <= TEXT_TOLERANCE
 
 
 def test_cached_engine_runs_without_torch_in_a_fresh_process(tmp_path):
     """The first run exports (a note on stderr); the next imports neither torch nor open_clip and
-    gives the torch runtime's records to 1e-4."""
+    gives the torch runtime's records, every class of the 40 examples, to :data:`RECORDS_TOLERANCE`."""
     env = {"ZEROSHOT_CACHE_DIR": str(tmp_path / "cache"), "ZEROSHOT_RUNTIME": "", "PATH": "/usr/bin:/bin"}
-    pictures = [str(p) for p in sorted(EXAMPLES.glob("*.png"))[:6]]
+    pictures = [str(p) for p in sorted(EXAMPLES.glob("*.png"))]
     first = subprocess.run([ZEROSHOT, "classify", *pictures, *FASHION[:-1]], capture_output=True, text=True,
                            env=env, timeout=300)  # fmt: skip
     assert first.returncode == 0, first.stderr
@@ -95,20 +115,29 @@ def test_cached_engine_runs_without_torch_in_a_fresh_process(tmp_path):
     assert facts == {"code": 0, "torch": False, "open_clip": False}, second.stderr
     records = [json.loads(line) for line in second.stdout.splitlines()]
     torch_run = CliRunner().invoke(app, ["classify", *pictures, *FASHION, "--runtime", "torch", "--no-cache"])
-    assert_close(records, [json.loads(line) for line in torch_run.stdout.splitlines()], 1e-4)
+    torch_records = [json.loads(line) for line in torch_run.stdout.splitlines()]
+    assert len(records) == 40 and assert_close(records, torch_records, RECORDS_TOLERANCE) > 0
+    # The comparison can fail: some examples are far from certain, so their probabilities move.
+    assert min(r["score"] for r in torch_records) < 0.6
     assert records == [json.loads(line) for line in first.stdout.splitlines()]
 
 
 def test_int8_is_its_own_engine_close_to_fp32_and_only_on_onnx(tmp_path):
     pictures = [str(p) for p in sorted(EXAMPLES.glob("*.png"))]
-    fp32 = CliRunner().invoke(app, ["classify", *pictures, *FASHION, "--runtime", "onnx"])
-    int8 = CliRunner().invoke(app, ["classify", *pictures, *FASHION, "--precision", "int8", "--runtime", "auto",
+    # Batches of 32 (the CPU's default), said outright: int8 quantizes each batch's activations by
+    # that batch's own range, so a record depends a little on its batch mates (coat-0017, fp32's
+    # closest call at 0.51 against 0.47, is "coat" when all 40 share one batch).
+    fashion = [*FASHION, "-b", "32"]
+    fp32 = CliRunner().invoke(app, ["classify", *pictures, *fashion, "--runtime", "onnx"])
+    int8 = CliRunner().invoke(app, ["classify", *pictures, *fashion, "--precision", "int8", "--runtime", "auto",
                                     "--manifest", str(tmp_path / "m.json")])  # fmt: skip
     assert fp32.exit_code == int8.exit_code == 0, int8.stderr
     a = [json.loads(line) for line in fp32.stdout.splitlines()]
     b = [json.loads(line) for line in int8.stdout.splitlines()]
-    same = sum(x["label"] == y["label"] for x, y in zip(a, b, strict=True))
-    assert same >= len(a) - 2 and a != b  # close, and really another engine
+    assert len(a) == 40 and [r["label"] for r in b] == [r["label"] for r in a]  # int8 changes no label here
+    moved = worst_difference(a, b)
+    # within the README's int8 bound, and really another engine: it moves probabilities far more than fp32 may
+    assert 100 * RECORDS_TOLERANCE < moved <= INT8_TOLERANCE, moved
     manifest = json.loads((tmp_path / "m.json").read_text())
     assert manifest["precision"] == "int8" and manifest["image_tower"].startswith("ran in ONNX Runtime (int8)")
     engines = [json.loads(p.read_text())["precision"] for p in (tmp_path / "cache" / "onnx").glob("*/meta.json")

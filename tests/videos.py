@@ -1,5 +1,6 @@
 """Videos made for the tests with PyAV from Fashion-MNIST images: segments of known classes and
-durations, H.264 in MP4 or VP9 in WebM, a variable frame rate, a rotation in the MP4's track header."""
+durations, H.264 in MP4, MKV or MPEG-TS, VP9 in WebM, a variable frame rate, a rotation in the
+MP4's track header, each frame's index marked on it."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "fashion"
-CODECS = {".mp4": "libx264", ".webm": "libvpx-vp9", ".mkv": "libx264"}
+CODECS = {".mp4": "libx264", ".webm": "libvpx-vp9", ".mkv": "libx264", ".ts": "libx264"}
 
 
 def frame_pixels(png: Path, size: tuple[int, int]) -> np.ndarray:
@@ -33,13 +34,17 @@ def make_video(
     durations_ms: list[int] | None = None,
     gop: int | None = None,
     stored_turned: bool = False,
+    marked: bool = False,
 ) -> list[tuple[float, int]]:
     """Write ``segments`` (image, seconds) as a video; returns each frame's (start time in seconds,
     segment).
 
     ``durations_ms``: a variable frame rate, frame durations taken from this list in turn.
     ``stored_turned``: the pictures stored a quarter turn counter-clockwise (``size`` is then the
-    stored size), as a phone stores portrait video; :func:`rotate_mp4` makes players turn it back."""
+    stored size), as a phone stores portrait video; :func:`rotate_mp4` makes players turn it back.
+    ``marked``: each frame's index in white blocks along its bottom edge, so that a frame decoded in
+    place of another shows; the segments' pictures still make the encoder's scene cuts (keyframes
+    where a segment starts) when ``gop`` is not given."""
     import av
 
     codec = CODECS[path.suffix]
@@ -60,7 +65,7 @@ def make_video(
                 pixels = np.ascontiguousarray(np.rot90(pixels, k=1))
             t0 = pts * tb
             while (pts * tb) - t0 < Fraction(seconds).limit_denominator(1000) - Fraction(1, 10**6):
-                frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
+                frame = av.VideoFrame.from_ndarray(_mark(pixels, n) if marked else pixels, format="rgb24")
                 frame.pts = pts
                 frame.time_base = tb
                 times.append((float(pts * tb), segment))
@@ -71,6 +76,16 @@ def make_video(
         for packet in stream.encode():
             out.mux(packet)
     return times
+
+
+def _mark(pixels: np.ndarray, n: int) -> np.ndarray:
+    """``n`` in binary along the bottom edge: an 8x8 white block for each bit set."""
+    h, w = pixels.shape[:2]
+    marked = pixels.copy()
+    for bit in range(w // 8):
+        if n >> bit & 1:
+            marked[h - 8 :, 8 * bit : 8 * bit + 8] = 255
+    return marked
 
 
 def rotate_mp4(path: Path, degrees_clockwise: int = 90) -> None:
@@ -128,6 +143,28 @@ def long_silent_video(path: Path, hours: float = 10.0, gap_s: int = 60) -> None:
         for i in range(int(hours * 3600 / gap_s)):
             black.pts = i * gap_s
             for packet in stream.encode(black):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+
+
+def large_frames(path: Path, side: int = 3000, frames: int = 17) -> None:
+    """``frames`` grey ``side`` x ``side`` frames, one a second, in one group of pictures (a band
+    along the top changes from frame to frame): a worker decodes 16 of them in one part."""
+    import av
+
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=1)
+        stream.width = stream.height = side
+        stream.pix_fmt = "yuv420p"
+        stream.codec_context.time_base = Fraction(1, 1)
+        stream.codec_context.options = {"preset": "ultrafast"}
+        planes = np.full((side * 3 // 2, side), 128, np.uint8)  # made in yuv420p: no conversion to wait for
+        for i in range(frames):
+            planes[: side // 8] = 16 + 12 * i
+            frame = av.VideoFrame.from_ndarray(planes, format="yuv420p")
+            frame.pts = i
+            for packet in stream.encode(frame):
                 out.mux(packet)
         for packet in stream.encode():
             out.mux(packet)

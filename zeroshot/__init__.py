@@ -5,9 +5,11 @@ Library use, without the CLI::
     import zeroshot
 
     clf = zeroshot.Zeroshot(model="ViT-B-32", pretrained="openai")
-    text = clf.text_classifier(zeroshot.resolve_prompt_set(labels=["cat", "dog"]))
-    for record in clf.classify(["photo.jpg"], text):
+    for record in clf.classify(["photo.jpg"], ["cat", "dog"]):
         print(record["label"], record["score"])
+
+The text side can also be a prompt pack's name (``clf.classify(paths, "cifar10")``), a
+:class:`PromptSet`, or a text classifier made once and reused (``clf.text_classifier(...)``).
 
 Importing this package does not import torch; loading a model does.
 """
@@ -19,7 +21,6 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import oldpaths
 from .base.errors import ModelLoadError, PromptError, UsageError, ZeroshotError
 from .text.prompts import PromptSet, load_pack, resolve_prompt_set
 
@@ -27,8 +28,6 @@ if TYPE_CHECKING:
     from .uses.ranking import Record
 
 __version__ = "0.1.0"
-
-oldpaths.install()
 
 __all__ = [
     "ModelLoadError",
@@ -111,7 +110,8 @@ class Zeroshot:
         image_cache: Any = None,
     ) -> Any:
         """A text classifier adapted to labelled examples (a folder with one sub-folder per class),
-        as ``zeroshot adapt`` makes it; ``prompt_set`` defaults to the sub-folder names. Use it with
+        as ``zeroshot adapt`` makes it; ``prompt_set`` defaults to the sub-folder names (underscores
+        read as spaces: ``ankle_boot/`` is "ankle boot"). Use it with
         :meth:`classify`, or write it with :func:`zeroshot.uses.export.save_classifier`."""
         from .uses.adapt import adapt_folder
 
@@ -145,6 +145,8 @@ class Zeroshot:
         every: float = 1.0,
         max_frames: int | None = None,
         per_video: bool = False,
+        animated_as_video: bool = False,
+        max_video_bytes: int | None = None,
     ) -> Iterator[Record]:
         """One record per path (files or folders), in order, as the CLI prints them; a video gives
         one per frame sampled ``every`` seconds (at most ``max_frames``), or one with ``per_video``.
@@ -153,24 +155,35 @@ class Zeroshot:
         iterable of them, consumed lazily; anything else is a ``TypeError``. ``-`` is a file name
         here (the library reads no stdin).
 
-        ``workers``, ``decoder`` and ``jpeg_draft`` are the CLI's ``--workers``, ``--decoder`` and
-        ``--jpeg-draft``; ``max_bytes`` and ``timeout`` the CLI's ``--max-bytes`` and ``--timeout``
-        (None: their defaults; paths may be ``http(s)://`` URLs); ``image_cache`` an
-        :class:`~zeroshot.image.imagecache.ImageEmbeddingCache`.
-        ``max_pixels`` is ``--max-pixels`` (None: its default; 0: no limit).
-        ``multi_label``/``threshold``/``background``/``calibration`` (a
-        :class:`~zeroshot.uses.calibration.Calibration` or a path to one) are ``--multi-label``,
-        ``--threshold``, ``--background`` and ``--calibration``; ``min_score`` is ``--min-score``.
-        Combinations the CLI refuses (``threshold`` without ``multi_label``, ``min_score`` with it)
-        raise :class:`UsageError` here too.
+        ``text`` is what the images are scored against: a list of labels (``["cat", "dog"]``,
+        prompted with the default templates), a prompt pack's name (``"cifar10"``), a
+        :class:`PromptSet`, or a text classifier from :meth:`text_classifier` or :meth:`adapt`.
+
+        The keyword arguments are the CLI's options of the same names (``--top-k``, ``--workers``,
+        ``--max-bytes``, ``--every``, ``--animated-as-video``, ...), checked by the same definition
+        (:mod:`zeroshot.base.options`): a value the CLI refuses raises :class:`UsageError` here, at
+        the call. None is an option's default: ``max_bytes`` 512 MiB, ``max_pixels`` 178,956,970,
+        ``timeout`` 20 s; 0 means no limit. Videos are capped by ``max_video_bytes``, else by
+        ``max_bytes`` when given, else at 64 GiB. Paths may be ``http(s)://`` URLs. ``image_cache`` is
+        an :class:`~zeroshot.image.imagecache.ImageEmbeddingCache`; ``calibration`` a
+        :class:`~zeroshot.uses.calibration.Calibration` or a path to one. Combinations the CLI
+        refuses (``threshold`` without ``multi_label``, ``min_score`` with it) raise here too.
         """
         from .assembly import multi_label_from
+        from .base.options import check, video_cap
+        from .image import video
         from .image.images import iter_inputs
         from .towers.pipeline import DecodeOptions, ImageEncoder
         from .uses.calibration import resolve_multilabel
         from .uses.output import apply_min_score
         from .uses.records import encoded_records
 
+        opts = check(top_k=top_k, batch_size=batch_size, workers=workers, jpeg_draft=jpeg_draft,
+                     max_bytes=max_bytes, timeout=timeout, max_pixels=max_pixels, multi_label=multi_label,
+                     threshold=threshold, background=background, min_score=min_score, every=every,
+                     max_frames=max_frames, per_video=per_video, animated_as_video=animated_as_video,
+                     max_video_bytes=max_video_bytes)  # fmt: skip
+        text = self._text_for(text)
         inputs = _input_paths(paths)
         rule = None
         wanted = multi_label_from(multi_label, threshold, background, calibration, min_score)
@@ -179,15 +192,16 @@ class Zeroshot:
                 self.spec, text.prompt_set, lambda: self.loaded, threshold=wanted.threshold,
                 background=wanted.background, calibration=wanted.calibration,
             )  # fmt: skip
-        options = DecodeOptions(workers=workers, decoder=decoder, jpeg_draft=jpeg_draft)
-        for name, value in (("max_bytes", max_bytes), ("timeout", timeout), ("max_pixels", max_pixels)):
-            if value is not None:
-                setattr(options, name, value)
-        encoder = ImageEncoder(self.image_tower(), batch_size=batch_size, image_cache=image_cache, options=options)
-        from .image import video
+        from .base.options import DEFAULT_MAX_BYTES
 
-        frames = video.VideoOptions(every=every, max_frames=max_frames, max_pixels=options.max_pixels,
+        options = DecodeOptions(workers=workers, decoder=decoder, jpeg_draft=jpeg_draft,
+                                max_bytes=DEFAULT_MAX_BYTES if max_bytes is None else max_bytes,
+                                max_pixels=opts["max_pixels"], timeout=opts["timeout"])  # fmt: skip
+        cap, cap_option = video_cap(max_bytes, max_video_bytes)
+        frames = video.VideoOptions(every=every, max_frames=max_frames, animated=animated_as_video, max_bytes=cap,
+                                    cap_option=cap_option, max_pixels=options.max_pixels,
                                     timeout=options.timeout)  # fmt: skip
+        encoder = ImageEncoder(self.image_tower(), batch_size=batch_size, image_cache=image_cache, options=options)
         batches = encoder.batches(video.expand(iter_inputs(inputs), frames))
         if per_video:
             from .uses.clips import video_record_batches
@@ -198,6 +212,31 @@ class Zeroshot:
         else:
             records = encoded_records(batches, text.weights, self.loaded.logit_scale, text.classes, top_k, rule)
         return (apply_min_score(record, min_score) for record in records)
+
+    def _text_for(self, text: Any) -> Any:
+        """:meth:`classify`'s ``text`` as a text classifier (see there for what it may be)."""
+        if hasattr(text, "weights") and hasattr(text, "classes"):  # a TextClassifier (or one adapted)
+            return text
+        if isinstance(text, PromptSet):
+            return self.text_classifier(text)
+        if isinstance(text, str):
+            return self.text_classifier(resolve_prompt_set(dataset=text))
+        if isinstance(text, bytes | os.PathLike) or text is None:
+            raise TypeError(
+                "text must be labels (a list of strings), a prompt pack's name, a PromptSet or a text classifier, "
+                f"not {type(text).__name__}"
+            )
+        try:
+            labels = list(text)
+        except TypeError:
+            raise TypeError(
+                "text must be labels (a list of strings), a prompt pack's name, a PromptSet or a text classifier, "
+                f"not {type(text).__name__}"
+            ) from None
+        bad = [x for x in labels if not isinstance(x, str)]
+        if bad:
+            raise TypeError(f"each label must be a string, not {type(bad[0]).__name__}: {bad[0]!r}")
+        return self.text_classifier(resolve_prompt_set(labels=labels))
 
 
 def _input_paths(paths: Any) -> Iterator[str]:

@@ -58,22 +58,30 @@ def multi_label_from(
     (whose fitted a and b decide), ``--min-score`` with ``--multi-label`` (the threshold decides
     which labels are present; a second cut-off would leave ``label`` null beside present ``labels``)."""
     from .base.errors import UsageError
+    from .base.options import named
 
     wanted = wanted or calibration is not None
     if not wanted:
-        given = [name for name, v in (("--threshold", threshold), ("--background", background)) if v is not None]
+        given = [named(name) for name, v in (("threshold", threshold), ("background", background)) if v is not None]
         if given:
-            raise UsageError(f"{' and '.join(given)} apply only with --multi-label (or --calibration)")
+            raise UsageError(
+                f"{' and '.join(given)} {'apply' if len(given) > 1 else 'applies'} only with {named('multi_label')} "
+                f"(or {named('calibration')})"
+            )
         return None
     if min_score is not None:
         raise UsageError(
-            "--min-score is for single-label runs; with --multi-label, --threshold decides which labels are present"
+            f"{named('min_score')} is for single-label runs; with {named('multi_label')}, {named('threshold')} "
+            "decides which labels are present"
         )
     if background is not None:
         if not background.strip():
-            raise UsageError("--background is empty")
+            raise UsageError(f"{named('background')} is empty")
         if calibration is not None:
-            raise UsageError("--background is not used with --calibration: the calibration's fitted a and b decide")
+            raise UsageError(
+                f"{named('background')} is not used with {named('calibration')}: the calibration's fitted a and b "
+                "decide"
+            )
     return MultiLabel(0.5 if threshold is None else threshold, background.strip() if background else None, calibration)
 
 

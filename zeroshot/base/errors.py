@@ -52,6 +52,11 @@ class CacheError(ZeroshotError):
     """A cache entry could not be read or written."""
 
 
+class OutputError(ZeroshotError):
+    """Records could not be written where they go (a full disk, a file over the size limit, an I/O
+    error). Exit code 1: the command line was right, the machine refused."""
+
+
 # Not a ZeroshotError: a per-input message, carried into that input's record; the run goes on.
 class ImageError(Exception):
     """An input that cannot be turned into an image; the message is the record's ``error``."""

@@ -4,7 +4,10 @@ Caches and the model table go through :func:`atomic_write_bytes`. Files the user
 command line (``--output``, ``--manifest``, ``--report``, classifier and calibration files) are
 checked up front by :func:`destination` and written through :class:`OutputFile`: a regular file
 atomically (through a symlink to its target), a FIFO, character device or ``/dev/fd/N`` in place,
-``-`` to stdout.
+``-`` to stdout. A file written atomically is first a temporary file this process creates
+(:func:`create_new`: a fresh name, ``O_EXCL``, never through a symlink); one that replaces an
+existing file takes that file's mode and, where permitted, its owner (:func:`take_place_of`), as a
+shell's ``>`` leaves them.
 """
 
 from __future__ import annotations
@@ -12,32 +15,66 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import secrets
 import stat
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-
-def umask_mode() -> int:
-    """The mode a plainly created file gets (0o666 less the umask), for files made with mkstemp (0o600)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
+# Creating a file that is new for certain: never an existing one, never through a symlink.
+_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
-def atomic_write_bytes(path: Path, data: bytes, *, shared: bool = False) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the whole new one, never half.
+def create_new(folder: Path, prefix: str, suffix: str = ".tmp", *, mode: int = 0o666) -> tuple[int, Path]:
+    """A file of a fresh name in ``folder`` that this call creates (``O_EXCL``: never a file that was
+    there, never a symlink's target), open for writing: (descriptor, path).
+
+    ``mode`` less the umask, which the kernel takes off as it creates the file: 0o666 gives the usual
+    permissions of a user's file, 0o600 a private one. Nothing reads the umask, so nothing has to set
+    it and back (which races with any thread creating a file meanwhile).
+    """
+    for _ in range(100):
+        path = folder / f"{prefix}{secrets.token_hex(4)}{suffix}"
+        try:
+            return os.open(path, _NEW, mode), path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name in {folder} for {prefix}*{suffix}")
+
+
+def take_place_of(fd: int, target: Path) -> None:
+    """Before the file open at ``fd`` is renamed over ``target``: give it the mode of the regular file
+    it replaces and, where this process may, its owner and group (as ``>`` would have kept them). A
+    new ``target`` keeps the mode it was created with; the permission bits only (never set-id bits)."""
+    try:
+        st = os.lstat(target)
+    except OSError:
+        return
+    if not stat.S_ISREG(st.st_mode):
+        return
+    mine = os.fstat(fd)
+    if (mine.st_uid, mine.st_gid) != (st.st_uid, st.st_gid) and hasattr(os, "fchown"):
+        try:
+            os.fchown(fd, st.st_uid, st.st_gid)
+        except OSError:  # only root gives a file away; a member of the group may still keep that
+            with contextlib.suppress(OSError):
+                os.fchown(fd, -1, st.st_gid)
+    os.fchmod(fd, stat.S_IMODE(st.st_mode) & 0o777)  # after chown, which may clear mode bits
+
+
+def atomic_write_bytes(path: Path, data: bytes, *, shared: bool = False, sync_folder: bool = True) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the whole new one, never half:
+    a temporary file of a fresh name beside it (created exclusively), synced, renamed over it.
 
     ``shared``: give the file the usual permissions (umask), as for files the user hands on
     (reports, exported classifiers); otherwise it stays private to the user (0o600), as cache files do.
+    ``sync_folder``: make the rename itself durable too (a file rewritten after every batch, whose
+    folder another sync covers, may leave it out).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = create_new(path.parent, f".{path.name}.", mode=0o666 if shared else 0o600)
     try:
-        if shared:
-            os.fchmod(fd, umask_mode())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -47,7 +84,8 @@ def atomic_write_bytes(path: Path, data: bytes, *, shared: bool = False) -> None
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    _sync_folder(path.parent)
+    if sync_folder:
+        _sync_folder(path.parent)
 
 
 # --- files the user names (--output, --manifest, --report, -o FILE) ---------------------------
@@ -197,10 +235,9 @@ class OutputFile:
                 # O_WRONLY without O_CREAT: the node exists; a FIFO waits for its reader, as `>` does.
                 self.stream = os.fdopen(os.open(dest.target, os.O_WRONLY | os.O_CLOEXEC), "wb")
             else:
-                fd, name = tempfile.mkstemp(prefix=f".{dest.target.name}.", suffix=".tmp", dir=dest.target.parent)
-                if shared:
-                    os.fchmod(fd, umask_mode())  # the user's file: usual permissions, not mkstemp's 0600
-                self.tmp = Path(name)
+                # The user's file: the usual permissions (a private one for shared=False), or at
+                # commit those of the file it replaces.
+                fd, self.tmp = create_new(dest.target.parent, f".{dest.target.name}.", mode=0o666 if shared else 0o600)
                 self.stream = os.fdopen(fd, "wb")
         except OSError as e:
             raise UsageError(f"{dest.named}: cannot write there ({e.strerror or e})") from None
@@ -208,6 +245,7 @@ class OutputFile:
     def commit(self) -> None:
         self.stream.flush()
         if self.tmp is not None:
+            take_place_of(self.stream.fileno(), self.dest.target)
             os.fsync(self.stream.fileno())
             self.stream.close()
             os.replace(self.tmp, self.dest.target)

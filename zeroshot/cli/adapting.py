@@ -28,6 +28,7 @@ from .common import (
     RuntimeOpt,
     TemplatesOpt,
     WorkersOpt,
+    cli_option,
     folder_prompt_set,
     model_choice,
     output_destination,
@@ -61,16 +62,17 @@ def adapt_cmd(
         bool, typer.Option("--cache-images", help="Reuse and store image embeddings (re-adapting re-encodes nothing).")
     ] = False,
     workers: WorkersOpt = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per model call.")] = 64,
+    batch_size: Annotated[int, cli_option("batch_size", help="Images per model call.")] = 64,
     max_bytes: MaxBytesOpt = DEFAULT_MAX_BYTES,
     no_cache: NoCacheOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Adapt the zero-shot classifier to a few labelled examples per class; writes a classifier file.
 
-    Classes are the prompt set's (--dataset, --labels, ...), else the sub-folder names; a class
-    without examples keeps its zero-shot weights. Prints one JSON record. Exit code 1 if an example
-    could not be read (the file is still written, from the others).
+    Classes are the prompt set's (--dataset, --labels, ...), else the sub-folder names, underscores
+    read as spaces (ankle_boot/ is "ankle boot"); a class without examples keeps its zero-shot
+    weights. Prints one JSON record. Exit code 1 if an example could not be read (the file is
+    still written, from the others).
     """
     from ..uses.adapt import adapt_folder
     from ..uses.export import save_classifier
@@ -84,7 +86,10 @@ def adapt_cmd(
         quiet=quiet,
     )  # fmt: skip
     loaded, text = prepared.loaded, prepared.text
+    from ..base.options import check
     from ..towers.pipeline import default_workers
+
+    check(batch_size=batch_size, workers=workers, max_bytes=max_bytes)
 
     tower = prepared.image_tower(workers if workers is not None else default_workers(prepared.device))
     image_cache = None

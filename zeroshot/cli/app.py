@@ -54,8 +54,11 @@ def handle_errors(func: F) -> F:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from ..base.options import face
+
         try:
-            return func(*args, **kwargs)
+            with face("cli"):  # the library's messages name options as flags (--every, not every=)
+                return func(*args, **kwargs)
         except ZeroshotError as e:
             raise _fail(str(e), e.exit_code) from None
         except BrokenPipeError:
@@ -91,15 +94,29 @@ class _StderrLineHandler(logging.Handler):
 def _setup_warnings() -> None:
     import warnings
 
-    # Pillow warns (multi-line, on stderr) about large images and odd palettes; the image is still
-    # decoded, or fails with an error record, so the warning says nothing the user can act on.
-    warnings.filterwarnings("ignore", module=r"PIL\.")
+    # The command line says what it has to say in its own one-line messages (the "zeroshot" logger),
+    # never through Python's warnings: those come from the libraries it uses (Pillow on large images
+    # and odd palettes, timm and torch on deprecations, the ONNX exporter on tracing) and say nothing
+    # a user of this command can act on. The library leaves warnings to its caller.
+    warnings.simplefilter("ignore")
+
+
+# Libraries that log on their own handlers (transformers, huggingface_hub) or through the root
+# logger (open_clip): a command's stderr carries only its own lines. Process-wide, as the command
+# line owns its process; the library changes no logging of its caller's.
+_QUIET_LOGGERS = ("transformers", "huggingface_hub", "timm", "open_clip", "torch", "onnx", "onnxruntime")
 
 
 def _setup_logging() -> None:
     # open_clip logs through the root logger; a handler there keeps Python's last-resort
     # stderr handler from printing its chatter. Our own messages go through "zeroshot".
     logging.getLogger().addHandler(logging.NullHandler())
+    for name in _QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.CRITICAL + 1)
+    # transformers and huggingface_hub set their loggers' level from these when first imported
+    # (later, and only for a model that needs them); a user's own setting is kept.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "critical")
+    os.environ.setdefault("HF_HUB_VERBOSITY", "critical")
     ours = logging.getLogger("zeroshot")
     ours.handlers[:] = [_StderrLineHandler()]
     ours.setLevel(logging.WARNING)

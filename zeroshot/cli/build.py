@@ -22,6 +22,7 @@ from .common import (
     QuietOpt,
     RuntimeOpt,
     TemplatesOpt,
+    cli_option,
     model_choice,
     output_destination,
     prepare_run,
@@ -43,7 +44,7 @@ def build_prompts(
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = Precision.AUTO,
     runtime: RuntimeOpt = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Prompts per model call.")] = 256,
+    batch_size: Annotated[int, cli_option("batch_size", help="Prompts per model call.")] = 256,
     force: Annotated[bool, typer.Option("--force", help="Rebuild even if the cache has this classifier.")] = False,
     output: Annotated[
         Path | None,
@@ -61,7 +62,9 @@ def build_prompts(
     Prints one JSON record: what was built, the cache file, whether it was a cache hit, seconds
     (and the exported file with -o).
     """
+    from ..base.options import check
 
+    check(batch_size=batch_size)
     start = time.perf_counter()
     prompt_set = prompt_set_from(dataset, labels, label, templates)
     dest = output_destination("--output", output)

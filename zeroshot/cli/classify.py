@@ -11,7 +11,8 @@ import typer
 
 from ..assembly import multi_label_from
 from ..base.errors import UsageError
-from ..image.reading import DEFAULT_MAX_BYTES, DEFAULT_TIMEOUT
+from ..base.options import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, DEFAULT_TIMEOUT, check, named
+from ..base.options import video_cap as video_cap_of
 from ..image.video import VideoOptions
 from ..model.devices import Precision
 from ..towers.pipeline import DecodeOptions, Decoder
@@ -32,11 +33,12 @@ from .common import (
     RuntimeOpt,
     TemplatesOpt,
     WorkersOpt,
+    cli_option,
     model_choice,
     open_classifier_file,
     prompt_set_from,
 )
-from .engine_local import ClassifyRun, RayPlacement, classify_locally
+from .engine_local import ClassifyRun, RayPlacement, classify_locally, record_format
 
 
 class RecordFormat(str, Enum):
@@ -70,10 +72,8 @@ def classify(
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = Precision.AUTO,
     runtime: RuntimeOpt = None,
-    batch_size: Annotated[
-        int | None, typer.Option("--batch-size", "-b", min=1, help="Images per model call (default: 32; 256 on CUDA).")
-    ] = None,
-    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Labels per record (at most the classes).")] = 5,
+    batch_size: Annotated[int | None, cli_option("batch_size")] = None,
+    top_k: Annotated[int, cli_option("top_k")] = 5,
     workers: WorkersOpt = None,
     decoder: Annotated[
         Decoder,
@@ -83,67 +83,15 @@ def classify(
             "or batched (JPEGs decoded and resized as a batch on the model's device: nvJPEG on CUDA).",
         ),
     ] = Decoder.AUTO,
-    jpeg_draft: Annotated[
-        bool,
-        typer.Option(
-            "--jpeg-draft",
-            help="Let the JPEG decoder shrink large images by 2-8x while decoding (faster; changes pixels "
-            "slightly, see README).",
-        ),
-    ] = False,
-    max_pixels: Annotated[
-        int,
-        typer.Option(
-            "--max-pixels",
-            min=0,
-            help="Refuse images whose header declares more pixels than this (default 178956970, "
-            "Pillow's own limit; 0: no limit). Checked before decoding.",
-        ),
-    ] = 178_956_970,
-    max_bytes: MaxBytesOpt = DEFAULT_MAX_BYTES,
-    timeout: Annotated[
-        float,
-        typer.Option(
-            "--timeout",
-            min=0.1,
-            help="For http(s):// inputs: seconds to connect and between reads (a download gets 6x this in all).",
-        ),
-    ] = DEFAULT_TIMEOUT,
-    every: Annotated[
-        float,
-        typer.Option(
-            "--every",
-            min=0.001,
-            help="Videos: sample a frame every this many seconds of presentation time (default 1.0); "
-            "each sampled frame is one record with its time and frame number.",
-        ),
-    ] = 1.0,
-    max_frames: Annotated[
-        int | None,
-        typer.Option("--max-frames", min=1, help="Videos: at most this many sampled frames per video."),
-    ] = None,
-    per_video: Annotated[
-        bool,
-        typer.Option(
-            "--per-video",
-            help="Videos: one record per video, its frames' probabilities averaged, with the times the top "
-            "label is strongest (and, with --multi-label, the segments where each label holds).",
-        ),
-    ] = False,
-    animated: Annotated[
-        bool,
-        typer.Option("--animated-as-video", help="Sample the frames of animated GIF and WebP files as videos."),
-    ] = False,
-    max_video_bytes: Annotated[
-        int,
-        typer.Option(
-            "--max-video-bytes",
-            min=0,
-            help="Refuse video files larger than this (default: --max-bytes when given, else 64 GiB; 0: no limit). "
-            "Videos are read as a stream, so memory does not grow with their size; --max-pixels applies to "
-            "their frames.",
-        ),
-    ] = 64 * 1024**3,
+    jpeg_draft: Annotated[bool, cli_option("jpeg_draft")] = False,
+    max_pixels: Annotated[int, cli_option("max_pixels")] = DEFAULT_MAX_PIXELS,
+    max_bytes: MaxBytesOpt = None,
+    timeout: Annotated[float, cli_option("timeout")] = DEFAULT_TIMEOUT,
+    every: Annotated[float, cli_option("every")] = 1.0,
+    max_frames: Annotated[int | None, cli_option("max_frames")] = None,
+    per_video: Annotated[bool, cli_option("per_video")] = False,
+    animated: Annotated[bool, cli_option("animated_as_video")] = False,
+    max_video_bytes: Annotated[int | None, cli_option("max_video_bytes")] = None,
     null: Annotated[
         bool,
         typer.Option("--null", "-0", help="Paths on stdin (-) are separated by NUL bytes (find -print0), not lines."),
@@ -164,23 +112,8 @@ def classify(
             "--model is given, and refused for any other model).",
         ),
     ] = None,
-    multi_label: Annotated[
-        bool,
-        typer.Option(
-            "--multi-label",
-            help="Decide each label on its own (images holding several things): records list every label "
-            "scoring at least --threshold under 'labels' (score: see README).",
-        ),
-    ] = False,
-    threshold: Annotated[
-        float | None,
-        typer.Option(
-            "--threshold",
-            min=0.0,
-            max=1.0,
-            help="With --multi-label: the per-label score that counts as present (default 0.5).",
-        ),
-    ] = None,
+    multi_label: Annotated[bool, cli_option("multi_label")] = False,
+    threshold: Annotated[float | None, cli_option("threshold")] = None,
     calibration: Annotated[
         Path | None,
         typer.Option(
@@ -189,32 +122,18 @@ def classify(
             "(implies --multi-label).",
         ),
     ] = None,
-    background: Annotated[
-        str | None,
-        typer.Option(
-            "--background",
-            help="With --multi-label on CLIP models: the neutral word each label is weighed against (default "
-            "'object').",
-        ),
-    ] = None,
-    min_score: Annotated[
-        float | None,
-        typer.Option(
-            "--min-score",
-            min=0.0,
-            max=1.0,
-            help='Below this top score the record says "label": null (none of these); its top_k stays. '
-            "Not with --multi-label (--threshold decides there).",
-        ),
-    ] = None,
+    background: Annotated[str | None, cli_option("background")] = None,
+    min_score: Annotated[float | None, cli_option("min_score")] = None,
     fmt: Annotated[
-        RecordFormat,
+        RecordFormat | None,
         typer.Option(
             "--format",
             "-f",
-            help="jsonl (default, one record per line), json, csv or table; jsonl or parquet with --engine ray.",
+            help="jsonl (one record per line), json, csv or table; jsonl or parquet with --engine ray. "
+            "Default: what -o FILE's extension names (.jsonl, .ndjson, .json, .csv; .parquet with --engine ray), "
+            "else jsonl.",
         ),
-    ] = RecordFormat.JSONL,
+    ] = None,
     output: Annotated[
         Path | None,
         typer.Option(
@@ -271,6 +190,10 @@ def classify(
     a video frame's has "time" (seconds) and "frame" after "path".
     Exit code 1 if any input could not be classified.
     """
+    check(top_k=top_k, batch_size=batch_size, workers=workers, jpeg_draft=jpeg_draft, max_pixels=max_pixels,
+          max_bytes=max_bytes, timeout=timeout, every=every, max_frames=max_frames, per_video=per_video,
+          animated_as_video=animated, max_video_bytes=max_video_bytes, threshold=threshold,
+          min_score=min_score)  # fmt: skip
     if engine is Engine.LOCAL and (ray_address is not None or gpus_per_worker or cpus_per_worker is not None):
         raise UsageError("--ray-address, --gpus-per-worker and --cpus-per-worker need --engine ray")
     if not inputs:
@@ -281,7 +204,7 @@ def classify(
         raise UsageError("--resume does not go with --per-video: give frame records (no --per-video) to a long run")
     rule_options = multi_label_from(multi_label, threshold, background, calibration, min_score)
     classifier_file = open_classifier_file(classifier, labels, label, dataset, templates)
-    video_cap, cap_option = _video_cap(max_bytes, max_video_bytes)
+    video_cap, cap_option = video_cap_of(max_bytes, max_video_bytes)
     run = ClassifyRun(
         inputs=inputs,
         choice=model_choice(model, pretrained, preprocess, device, precision, runtime),
@@ -289,33 +212,24 @@ def classify(
         classifier_file=classifier_file,
         multi_label=rule_options,
         decode=DecodeOptions(workers=workers, decoder=decoder.value, jpeg_draft=jpeg_draft, max_pixels=max_pixels,
-                             max_bytes=max_bytes, timeout=timeout),  # fmt: skip
-        top_k=top_k, batch_size=batch_size, min_score=min_score, fmt=fmt.value, output=output, report=report,
+                             max_bytes=DEFAULT_MAX_BYTES if max_bytes is None else max_bytes,
+                             timeout=timeout),  # fmt: skip
+        top_k=top_k, batch_size=batch_size, min_score=min_score, output=output, report=report,
+        fmt=record_format(fmt.value if fmt else None, output, ray=engine is Engine.RAY),
         manifest=manifest,
         cache_images=cache_images, use_cache=not no_cache, quiet=quiet, null=null, resume=resume,
         ray=RayPlacement(ray_address, gpus_per_worker, cpus_per_worker) if engine is Engine.RAY else None,
         video=VideoOptions(every=every, max_frames=max_frames, animated=animated, max_bytes=video_cap,
-                           cap_option=cap_option, max_pixels=max_pixels, timeout=timeout),
+                           cap_option=named(cap_option), max_pixels=max_pixels, timeout=timeout),
         per_video=per_video,
     )  # fmt: skip
     if run.ray is not None:
         from .engine_ray import classify_on_ray
 
-        failed, total = classify_on_ray(run)
+        tally = classify_on_ray(run)
     else:
-        failed, total = classify_locally(run)
-    if failed:
-        if not quiet:
-            sys.stderr.write(f"zeroshot: {failed} of {total} inputs could not be classified\n")
+        tally = classify_locally(run)
+    if tally.any_failed:
+        if not quiet:  # a video counts as one input, its sampled frames apart: "3 of 6 inputs ..."
+            sys.stderr.write(f"zeroshot: {tally.line()}\n")
         raise typer.Exit(1)
-
-
-def _video_cap(max_bytes: int, max_video_bytes: int) -> tuple[int, str]:
-    """The byte cap for video files and the option it comes from: --max-video-bytes when given; else
-    --max-bytes when given (it applies to every input); else the video default (64 GiB: a video is
-    read as a stream, and 512 MiB, the image cap, refuses a phone's five minutes of 4K)."""
-    from ..image.video import DEFAULT_MAX_VIDEO_BYTES
-
-    if max_video_bytes == DEFAULT_MAX_VIDEO_BYTES and max_bytes != DEFAULT_MAX_BYTES:
-        return max_bytes, "--max-bytes"
-    return max_video_bytes, "--max-video-bytes"

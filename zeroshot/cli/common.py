@@ -86,24 +86,21 @@ RuntimeOpt = Annotated[
 ]
 NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the text-embedding cache.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display on stderr.")]
-MaxBytesOpt = Annotated[
-    int,
-    typer.Option(
-        "--max-bytes",
-        min=0,
-        help="Refuse inputs larger than this many bytes (default 536870912 = 512 MiB, the largest an uncompressed "
-        "image within --max-pixels can be; 0: no limit). Checked on the size, and enforced while reading.",
-    ),
-]
-WorkersOpt = Annotated[
-    int | None,
-    typer.Option(
-        "--workers",
-        min=0,
-        help="Decoding worker processes (default: a quarter of the cores on CPU, all but one with CUDA; "
-        "0: decode in the main process).",
-    ),
-]
+
+
+def cli_option(name: str, *, help: str | None = None) -> Any:
+    """A shared option's ``typer.Option``, from its one definition (:data:`zeroshot.base.options.OPTIONS`):
+    its flags and help. Its bounds are not Typer's to check: the value is checked by
+    :meth:`~zeroshot.base.options.Option.check` when the run's options are made, as for the library
+    and the server, so every face refuses the same values with the same message."""
+    from ..base.options import OPTIONS
+
+    option = OPTIONS[name]
+    return typer.Option(*option.flags, help=help or option.help)
+
+
+MaxBytesOpt = Annotated[int | None, cli_option("max_bytes")]
+WorkersOpt = Annotated[int | None, cli_option("workers")]
 
 
 def model_choice(
@@ -131,7 +128,8 @@ def prompt_set_from(
 def folder_prompt_set(
     folder: Path | None, dataset: str | None, labels: Path | None, label: list[str] | None, templates: Path | None
 ) -> PromptSet:
-    """A labelled folder's classes: the ones asked for, else its sub-folder names (sorted)."""
+    """A labelled folder's classes: the ones asked for, else its sub-folder names (sorted;
+    underscores read as spaces, as folders are named: ``ankle_boot/`` is "ankle boot")."""
     if folder is not None and dataset is None and labels is None and not label:
         from ..text.prompts import resolve_prompt_set
         from ..uses.evaluate import folder_classes
@@ -231,13 +229,10 @@ def count_in_background(steps: Steps, count: Callable[[Callable[[int], None]], i
 
 
 def human_size(n: int | None) -> str:
-    if n is None:
-        return "size unknown"
-    for unit in ("bytes", "kB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:,} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
-        n /= 1000  # type: ignore[assignment]
-    return str(n)
+    """A size as rich writes it, in powers of 1000 ("1 byte", "3.4 MB", "5.0 TB")."""
+    from rich.filesize import decimal
+
+    return "size unknown" if n is None else decimal(n)
 
 
 def shorten(text: str, width: int) -> str:

@@ -3,6 +3,8 @@ records in input order to stdout or ``--output``, with the run's manifest and co
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -10,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from ..base.errors import UsageError
+from ..uses.output import Tally
 from .common import Steps, count_in_background, output_destination, prepare_run
 
 if TYPE_CHECKING:
@@ -70,6 +73,27 @@ class ClassifyRun:
         return sys.stdin if "-" in self.inputs else None
 
 
+def record_format(given: str | None, output: Path | None, *, ray: bool) -> str:
+    """The records' format: ``--format`` as given, else what a known extension of ``--output`` names
+    (``.jsonl``/``.ndjson``, ``.json``, ``.csv``; ``.parquet`` for the Ray engine's folder), else JSON
+    Lines. Decided before anything else: the resume key holds it. A given format that disagrees
+    with a known extension is said in a note; ``-o FILE.parquet`` on the local engine is refused."""
+    from ..uses.output import format_named
+
+    named = format_named(output) if output is not None and str(output) != "-" else None
+    if ray and named not in ("jsonl", "parquet"):
+        named = None  # a folder: only its own formats' names say anything
+    if given is not None:
+        if named is not None and named != given:
+            sys.stderr.write(f"zeroshot: note: writing {given} to {output} as --format asks "
+                             f"(its extension says {named})\n")  # fmt: skip
+        return given
+    if named == "parquet" and not ray:
+        raise UsageError(f"--output {output}: Parquet needs --engine ray (the local engine writes jsonl, json, csv "
+                         "or table: give --format to write one of them there)")  # fmt: skip
+    return named or "jsonl"
+
+
 @dataclass(frozen=True)
 class Destinations:
     """Where a local run writes, every path checked before any image is read: the records (None:
@@ -101,8 +125,8 @@ class Destinations:
         return cls(records, report, manifest)
 
 
-def classify_locally(run: ClassifyRun) -> tuple[int, int]:
-    """The local engine: records in input order to stdout or ``--output``; (failed, total).
+def classify_locally(run: ClassifyRun) -> Tally:
+    """The local engine: records in input order to stdout or ``--output``; what they stand for.
 
     With ``--cache-images`` and a cached text classifier that holds the model's scoring facts, the
     model loads only when an input needs the image tower: relabelling images whose embeddings are
@@ -120,7 +144,7 @@ def classify_locally(run: ClassifyRun) -> tuple[int, int]:
         raise UsageError(f"--format {run.fmt} needs --engine ray (the local engine writes {', '.join(FORMATS)})")
     AFTERWORDS.clear()  # what an earlier command in this process kept is not this one's to say
     where = Destinations.check(run)
-    check_before_run(where.records, run.resume)
+    check_before_run(where.records, run.resume, run.fmt)
     _name_leftovers(where.records)
     manifest = _manifest_for(run, where.manifest)
     show = not run.quiet and sys.stderr.isatty()
@@ -146,7 +170,7 @@ def classify_locally(run: ClassifyRun) -> tuple[int, int]:
                             options=run.decode)  # fmt: skip
 
     partial = _side_file(run, where, prepared, batch_size, read_back=sheet is not None)
-    if isinstance(partial, tuple):  # --resume of a run that had finished: nothing to do
+    if isinstance(partial, Tally):  # --resume of a run that had finished: nothing to do
         if image_cache is not None:
             image_cache.close()
         return partial
@@ -189,16 +213,19 @@ def classify_locally(run: ClassifyRun) -> tuple[int, int]:
         if partial is not None:
             from ..uses.resume import key_digest
 
-            manifest.fields.update(resume_key=key_digest(partial.key), segments=partial.segments)
+            # the key itself too: a --resume of the finished FILE by another command names what changed
+            manifest.fields.update(resume_key=key_digest(partial.key), run_key=partial.key, segments=partial.segments)
+        manifest.fields.update(inputs=_inputs_field(writer.tally))
         _finish_manifest(manifest, run, prepared, total, failed)
-    return failed, total
+    return writer.tally
 
 
 def _side_file(
     run: ClassifyRun, where: Destinations, prepared: Prepared, batch_size: int, *, read_back: bool
-) -> PartialOutput | tuple[int, int] | None:
+) -> PartialOutput | Tally | None:
     """A regular ``--output`` FILE's side file, its records kept as they are made (None for any
-    other destination), or (failed, total) of a finished run that ``--resume`` finds complete."""
+    other destination), or what the records of a finished run that ``--resume`` finds complete
+    stand for."""
     if where.records is None or not where.records.regular:
         return None
     from ..uses.resume import PartialOutput
@@ -334,27 +361,53 @@ def _video_key(v: VideoOptions) -> dict[str, object]:
     return {name: value for name, (value, usual) in fields.items() if value != usual}
 
 
-def _finished_already(where: Destinations, key: dict[str, object]) -> tuple[int, int] | None:
-    """``--resume`` of a run that had finished (no side file; FILE and its manifest there, with the
-    same key): nothing to do, said in a note. Returns (failed, total), or None to run."""
+def _finished_already(where: Destinations, key: dict[str, object]) -> Tally | None:
+    """``--resume`` with no side file but FILE there: the finished run of this very command (its
+    manifest holds the same key), so nothing to do, said in a note; returns what its records stand
+    for. None: nothing there, a run to make. FILE made by another command, or with no manifest to
+    say which, is refused (a resume never replaces a finished FILE)."""
     import json
 
-    from ..uses.resume import key_digest, side_files
+    from ..uses.resume import key_difference, key_digest, side_files
 
     assert where.records is not None
-    if side_files(where.records.target)[0].exists() or not where.records.target.exists():
+    records = where.records
+    if os.path.lexists(side_files(records.target)[0]) or not os.path.lexists(records.target):
         return None
-    if where.manifest is None or not where.manifest.regular:
-        return None
-    try:
-        done = json.loads(where.manifest.target.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(done, dict) or done.get("resume_key") != key_digest(key):
-        return None
-    sys.stderr.write(f"zeroshot: note: {where.records.given} is complete ({done.get('records', 0):,} records): "
+    done: object = None
+    why, manifest = "unreadable", where.manifest
+    if manifest is not None and manifest.regular:
+        try:
+            done = json.loads(manifest.target.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            why = "missing"
+        except (OSError, ValueError):
+            pass
+    if not isinstance(done, dict) or not isinstance(done.get("resume_key"), str):
+        said = f"its manifest {manifest.given} is {why}" if manifest is not None and manifest.regular else (
+            f"--manifest {manifest.given} keeps no manifest to check it against" if manifest is not None else
+            "it has no manifest")  # fmt: skip
+        raise UsageError(f"--resume: {records.given} is there but {said}, so nothing says which command made it: "
+                         "leave out --resume to replace it")  # fmt: skip
+    if done["resume_key"] != key_digest(key):
+        was = done.get("run_key")
+        what = key_difference(was, key) if isinstance(was, dict) else None
+        raise UsageError(f"--resume: {records.given} was made with other {what or 'inputs, model or options'}: "
+                         "run it as it was, or leave out --resume to replace it")  # fmt: skip
+    sys.stderr.write(f"zeroshot: note: {records.given} is complete ({done.get('records', 0):,} records): "
                      "nothing to resume\n")  # fmt: skip
-    return int(done.get("errors") or 0), int(done.get("records") or 0)
+    counts = done.get("inputs")
+    if isinstance(counts, dict):
+        with contextlib.suppress(KeyError, TypeError, ValueError):
+            return Tally(int(counts["total"]), int(counts["failed"]), int(counts["video_frames"]),
+                         int(counts["failed_video_frames"]))  # fmt: skip
+    return Tally(int(done.get("records") or 0), int(done.get("errors") or 0))
+
+
+def _inputs_field(tally: Tally) -> dict[str, int]:
+    """The manifest's ``inputs``: what the records stand for (a video is one input, its frames counted apart)."""
+    return {"total": tally.inputs, "failed": tally.failed, "video_frames": tally.frames,
+            "failed_video_frames": tally.failed_frames}  # fmt: skip
 
 
 def _name_leftovers(records: Destination | None) -> None:

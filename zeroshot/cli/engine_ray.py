@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from ..base.errors import UsageError
+from ..uses.output import Tally
 from .common import prepare_run, write_record
 from .engine_local import ClassifyRun
 
 
-def classify_on_ray(run: ClassifyRun) -> tuple[int, int]:
+def classify_on_ray(run: ClassifyRun) -> Tally:
     """``classify --engine ray``: the text classifier is made here, once; Ray's actors classify.
-    Prints the run's summary record; returns (failed, total)."""
+    Prints the run's summary record; returns what the records stand for (counted from the folder
+    when some failed)."""
     from dataclasses import replace
 
     from ..engines.distributed import OUTPUT_FORMATS, SharedClassifier, require_ray
@@ -32,7 +34,8 @@ def classify_on_ray(run: ClassifyRun) -> tuple[int, int]:
     from ..uses.resume import folder_progress
 
     if not run.resume and not has_scheme(str(run.output)):
-        folder_progress(Path(run.output), run.fmt, False)  # a folder holding records: refused before any work
+        # a folder holding records: refused before any work (its other files are named once, later)
+        folder_progress(Path(run.output), run.fmt, False, notes=False)
     # The driver builds the text side only (on the CPU, fp32), loading the model only when the cache
     # misses or a background class is needed; Ray's actors load it where they run.
     prepared = prepare_run(
@@ -51,4 +54,8 @@ def classify_on_ray(run: ClassifyRun) -> tuple[int, int]:
         resume=run.resume, video=run.video,
     )  # fmt: skip
     write_record(summary)
-    return int(summary.get("errors") or 0), int(summary.get("records") or 0)
+    if not summary.get("errors"):
+        return Tally(int(summary.get("records") or 0))
+    from ..engines.distributed import tally_output
+
+    return tally_output(run.output, run.fmt)

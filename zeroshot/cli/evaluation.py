@@ -30,6 +30,7 @@ from .common import (
     Steps,
     TemplatesOpt,
     WorkersOpt,
+    cli_option,
     count_in_background,
     folder_prompt_set,
     model_choice,
@@ -45,7 +46,11 @@ from .common import (
 @handle_errors
 def eval_cmd(
     folder: Annotated[
-        Path | None, typer.Argument(help="Folder with one sub-folder of images per class (or use --dataset).")
+        Path | None,
+        typer.Argument(
+            help="Folder with one sub-folder of images per class, named as the class (ankle_boot/: "
+            "'ankle boot'), or use --dataset."
+        ),
     ] = None,
     labels: LabelsOpt = None,
     label: LabelOpt = None,
@@ -63,7 +68,7 @@ def eval_cmd(
     ] = None,
     split: Annotated[Split, typer.Option("--split", help="IDX split (with --dataset fashion-mnist).")] = Split.TEST,
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="Evaluate only the first N images.")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per model call.")] = 64,
+    batch_size: Annotated[int, cli_option("batch_size", help="Images per model call.")] = 64,
     workers: WorkersOpt = None,
     report: Annotated[
         Path | None,
@@ -96,7 +101,7 @@ def eval_cmd(
     max_bytes: MaxBytesOpt = DEFAULT_MAX_BYTES,
     every: Annotated[
         float,
-        typer.Option("--every", min=0.001, help="Videos in the folders: a frame every this many seconds (default 1)."),
+        cli_option("every", help="Videos in the folders: a frame every this many seconds (default 1)."),
     ] = 1.0,
     no_cache: NoCacheOpt = False,
     quiet: QuietOpt = False,
@@ -107,7 +112,10 @@ def eval_cmd(
     predicted) and the top-1 of each template alone next to the ensemble's. Exit code 1 if any
     image could not be read (the record still covers the others).
     """
+    from ..base.options import check
     from ..towers.pipeline import default_workers
+
+    check(batch_size=batch_size, workers=workers, max_bytes=max_bytes, every=every)
     from ..uses.evaluate import evaluate_run
 
     report_dest = output_destination("--report", report)

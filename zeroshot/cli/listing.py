@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from enum import Enum
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 
@@ -119,63 +121,157 @@ class CacheAction(str, Enum):
     CLEAR = "clear"
 
 
+# Each kind of file in the cache folder (zeroshot.base.cache.KINDS): its name in a table, many and one.
+KIND_NAMES = {
+    "text-classifier": ("text classifiers", "text classifier"),
+    "onnx-engine": ("CPU engine exports", "CPU engine export"),
+    "image-embeddings": ("image embeddings", "image-embedding database"),
+    "checkpoint-hash": ("checkpoint hashes", "checkpoint hash"),
+    "lock": ("locks", "lock"),
+    "unfinished-write": ("unfinished writes", "unfinished write"),
+    "other": ("other (not zeroshot's)", "other"),
+}
+# Where each kind lives in the cache folder ("" for anywhere).
+KIND_FOLDERS = {"text-classifier": "text", "onnx-engine": "onnx", "image-embeddings": "images",
+                "checkpoint-hash": "hashes", "lock": "onnx", "unfinished-write": "", "other": ""}  # fmt: skip
+
+
 @app.command("cache")
 @handle_errors
 def cache_cmd(
     action: Annotated[CacheAction, typer.Argument(help="What to do.")] = CacheAction.SHOW,
-    clear: Annotated[bool, typer.Option("--clear", help="Delete every cache entry (same as 'clear').")] = False,
+    clear: Annotated[
+        bool, typer.Option("--clear", help="Delete every file zeroshot made in the cache folder (same as 'clear').")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="JSON instead of a table.")] = False,
 ) -> None:
-    """Show the cache folder and its entries, or clear them."""
+    """Show what the cache folder holds, by kind (text classifiers, CPU engine exports, image
+    embeddings, checkpoint hashes, locks, unfinished writes, other files), or clear it: every
+    file zeroshot made there is deleted; others are left and named."""
     from ..base import cache
 
     root = cache.cache_dir()
     if clear or action is CacheAction.CLEAR:
-        count, freed = cache.clear()
-        write_record({"cache_dir": str(root), "removed": count, "bytes_freed": freed})
+        _clear(root)
         return
-    entries = cache.list_entries()
+    entries = [_entry_record(root, e) for e in cache.inventory()]
+    kinds = [_kind_record(root, kind, [e for e in entries if e["kind"] == kind]) for kind in cache.KINDS]
+    files, size = sum(k["files"] for k in kinds), sum(k["bytes"] for k in kinds)
     if as_json:
-        write_record(
-            {
-                "cache_dir": str(root),
-                "entries": [
-                    {
-                        "file": str(e.path),
-                        "bytes": e.size,
-                        **{k: _typed(k, v) for k, v in e.meta.items() if k not in ("key", "scoring")},
-                        **({"problem": e.problem} if e.problem else {}),
-                    }
-                    for e in entries
-                ],
-            }
-        )
+        write_record({"cache_dir": str(root), "files": files, "bytes": size, "kinds": kinds, "entries": entries})
         return
-    summary = f"cache dir: {root} ({len(entries)} entries, {sum(e.size for e in entries):,} bytes)"
-    columns = ("created", "name", "model", "classes", "templates", "bytes", "file")
-    rows = [
-        (
-            e.meta.get("created", "?"), e.meta.get("name", e.problem or "?"), e.meta.get("model", "?"),
-            e.meta.get("classes", "?"), e.meta.get("templates", "?"), f"{e.size:,}", e.path.name,
+    _show_table(root, files, size, kinds, entries)
+
+
+def _clear(root: Path) -> None:
+    from ..base import cache
+    from .common import human_size
+
+    done = cache.clear()
+    left = [{"path": str(p), "bytes": n, "why": why} for p, n, why in done.left]
+    write_record({"cache_dir": str(root), "removed": done.removed, "bytes_freed": done.freed, "left": left})
+    for why in dict.fromkeys(why for _, _, why in done.left):  # one line per reason, in order
+        items = [(path, n) for path, n, said in done.left if said == why]
+        names = [_relative(root, path) for path, _ in items]
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        size = human_size(sum(n for _, n in items))
+        what = "that zeroshot did not make" if why == cache.NOT_OURS else why.replace(" it ", " them ", 1)
+        files = f"{len(items)} file" + ("s" if len(items) != 1 else "")
+        sys.stderr.write(f"zeroshot: note: left {files} ({size}) {what}: {shown}\n")
+    sys.stderr.flush()
+
+
+def _relative(root: Path, path: Path) -> str:
+    return str(path.relative_to(root)) if root in path.parents else str(path)
+
+
+def _entry_record(root: Path, entry: Any) -> dict[str, Any]:
+    """One entry of ``cache show --json``: kind, path, files, bytes, last change, and what its kind
+    tells (a text classifier's metadata fields as they always were, an engine's description)."""
+    import time
+
+    modified = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(entry.modified))
+    record: dict[str, Any] = {"kind": entry.kind, "path": str(entry.path), "files": len(entry.files),
+                              "bytes": entry.size, "modified": modified}  # fmt: skip
+    if entry.kind == "text-classifier":
+        record["file"] = str(entry.path)
+        record.update({k: _typed(k, v) for k, v in entry.meta.items() if k not in ("key", "scoring")})
+        if entry.problem:
+            record["problem"] = entry.problem
+    elif entry.kind == "onnx-engine":
+        from ..towers.onnxexport import describe
+
+        record.update(describe(entry.path))
+    elif entry.kind == "other":
+        import stat
+
+        mode = entry.files[0][1].st_mode
+        record["type"] = ("link" if stat.S_ISLNK(mode) else "file" if stat.S_ISREG(mode) else
+                          "folder" if stat.S_ISDIR(mode) else "special file")  # fmt: skip
+    return record
+
+
+def _kind_record(root: Path, kind: str, entries: list[dict[str, Any]]) -> dict[str, Any]:
+    folder = KIND_FOLDERS[kind]
+    return {"kind": kind, "folder": str(root / folder) if folder else str(root), "entries": len(entries),
+            "files": sum(e["files"] for e in entries), "bytes": sum(e["bytes"] for e in entries)}  # fmt: skip
+
+
+def _entry_row(root: Path, e: dict[str, Any]) -> tuple[str, ...]:
+    """kind, date, name, model, detail, bytes, path: one line of the table, whatever the kind."""
+    kind = e["kind"]
+    name = model = detail = "-"
+    date = e.get("created") or e["modified"]
+    if kind == "text-classifier":
+        name, model = e.get("name", e.get("problem", "?")), e.get("model", "?")
+        detail = f"{e.get('classes', '?')} classes, {e.get('templates', '?')} templates"
+    elif kind == "onnx-engine":
+        name, model = f"{e.get('tower', '?')} tower", f"{e.get('model', '?')} ({e.get('weights', '?')})"
+        detail = e.get("problem") or f"{e.get('precision', '?')}, " + (
+            f"rejected: {e['reason']}" if "reason" in e else f"exported in {e.get('seconds', '?')} s"
         )
-        for e in entries
-    ]  # fmt: skip
+    elif kind == "other":
+        detail = e["type"]
+    return (KIND_NAMES[kind][1], str(date), str(name), str(model), str(detail), str(e["bytes"]),
+            _relative(root, Path(e["path"])))  # fmt: skip
+
+
+def _show_table(root: Path, files: int, size: int, kinds: list[dict[str, Any]], entries: list[dict[str, Any]]) -> None:
+    """The kinds, then every entry: tab-separated lines (exact bytes) for pipes, tables at a terminal."""
+    from .common import human_size
+
+    present = [k for k in kinds if k["files"]]
+    kind_columns = ("kind", "entries", "files", "bytes", "folder")
+    kind_rows = [(KIND_NAMES[k["kind"]][0], str(k["entries"]), str(k["files"]), str(k["bytes"]),
+                  KIND_FOLDERS[k["kind"]] or ".") for k in present]  # fmt: skip
+    entry_columns = ("kind", "date", "name", "model", "detail", "bytes", "path")
+    entry_rows = [_entry_row(root, e) for e in entries]
     if not sys.stdout.isatty():  # plain tab-separated lines for scripts and pagers
-        sys.stdout.write(summary + "\n")
-        for row in [columns, *rows] if rows else []:
-            sys.stdout.write("\t".join(row) + "\n")
+        lines: list[tuple[str, ...]] = [(f"cache dir: {root} ({size:,} bytes in {files} files)",)]
+        if present:
+            lines += [(), kind_columns, *kind_rows, (), entry_columns, *entry_rows]
+        sys.stdout.write("".join("\t".join(line) + "\n" for line in lines))
         sys.stdout.flush()
         return
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     out = Console()
-    out.print(summary, highlight=False)
-    if rows:
-        table = Table(*columns)
-        for row in rows:
-            table.add_row(*row)
-        out.print(table)
+    out.print(f"cache dir: {escape(str(root))} ({human_size(size)} in {files} files)", highlight=False)
+    if not present:
+        return
+    table = Table(*kind_columns[:3], "size", kind_columns[4])
+    for row in kind_rows:
+        table.add_row(row[0], row[1], row[2], human_size(int(row[3])), escape(row[4]))
+    out.print(table)
+    table = Table(*entry_columns[:5], "size", entry_columns[6])
+    for kind, date, name, model, detail, size_text, path in entry_rows:
+        # at a terminal: minutes, and digests cut to 12 characters (--json and pipes have them whole)
+        path = re.sub(r"([0-9a-f]{12})[0-9a-f]{52}", "\\1…", path)
+        cells = (kind, date[:16].replace("T", " "), name, model, detail)
+        table.add_row(*(escape(c) for c in cells), human_size(int(size_text)), escape(path))
+    out.print(table)
 
 
 # Cache metadata is stored as strings (safetensors metadata is str -> str); counts are numbers in

@@ -18,7 +18,10 @@ The pieces:
   dataset from local paths (expanded on the driver, exactly as the CLI does) or from URIs any Ray
   file reader accepts (``s3://``, ``gs://``, ...), classify with a pool of actors, and write JSON
   Lines (the CLI's records, one per line) or Parquet to a folder. Execution streams: memory is
-  bounded by Ray Data's backpressure, not by the number of images.
+  bounded by Ray Data's backpressure, not by the number of images. Each run's block files carry a
+  token of its own in their names (``zeroshot-TOKEN-...``), which a local folder's mark
+  (``_zeroshot-ray.json``, :class:`zeroshot.uses.resume.BlockFolder`) lists before the first block
+  is written: resuming, counting and reading back touch those files and nothing else there.
 
 Ray restarts an actor that dies (``max_restarts=-1``) and retries its batch, so a killed worker
 loses and duplicates nothing: writes happen after classification, per block.
@@ -247,14 +250,30 @@ def records_table(recs: Sequence[Record], *, multi_label: bool = False) -> Any:
     return pa.table(columns)
 
 
-def _jsonl_datasink(path: str) -> Any:
+def _block_names(token: str, fmt: str) -> Any:
+    """Block file names of one run: ``zeroshot-TOKEN-WRITE-TASK.jsonl`` (Parquet adds ``-N``). The
+    token, in the folder's mark before the first block is written, says whose files these are
+    (:class:`zeroshot.uses.resume.BlockFolder`); Ray's write id and task index keep them apart, and
+    a retried task writes the same name again."""
+    from ray.data.datasource import FilenameProvider
+
+    from ..uses.resume import BLOCK_PREFIX
+
+    class BlockNames(FilenameProvider):
+        def get_filename_for_task(self, write_uuid: str, task_index: int) -> str:
+            return f"{BLOCK_PREFIX}{token}-{write_uuid}-{task_index:06}.{fmt}"
+
+    return BlockNames(file_format=fmt)
+
+
+def _jsonl_datasink(path: str, names: Any) -> Any:
     from ray.data.datasource import BlockBasedFileDatasink
 
     class JsonLinesDatasink(BlockBasedFileDatasink):
         """The ``record`` column, one JSON object per line: the CLI's output, split over files."""
 
         def __init__(self, path: str) -> None:
-            super().__init__(path, file_format="jsonl")
+            super().__init__(path, file_format="jsonl", filename_provider=names)
 
         def write_block_to_file(self, block: Any, file: Any) -> None:
             lines = block.to_arrow().column("record").to_pylist()
@@ -341,13 +360,13 @@ def classify_dataset(
 
 
 def count_output(folder: str | Path, fmt: str) -> tuple[int, int]:
-    """(records, errors) in an output folder written by :func:`run` (local folders only)."""
-    folder = Path(folder)
+    """(records, errors) in an output folder written by :func:`run` (local folders only): its
+    block files, not whatever else the folder holds."""
     total = errors = 0
     if fmt == "parquet":
         import pyarrow.parquet as pq
 
-        for f in sorted(folder.glob("*.parquet")):
+        for f in _blocks(folder, fmt):
             column = pq.read_table(f, columns=["error"]).column("error")
             total += len(column)
             errors += len(column) - column.null_count
@@ -359,8 +378,37 @@ def count_output(folder: str | Path, fmt: str) -> tuple[int, int]:
     return total, errors
 
 
-def _jsonl_lines(folder: Path) -> Iterator[str]:
-    for f in sorted(folder.glob("*.jsonl")):
+def tally_output(folder: str | Path, fmt: str) -> Any:
+    """What the records of an output folder stand for (:class:`zeroshot.uses.output.Tally`: inputs,
+    a video's sampled frames counted apart), in file order; local folders only."""
+    from ..uses.output import Tally
+
+    tally = Tally()
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        for f in _blocks(folder, fmt):
+            names = pq.read_schema(f).names
+            for row in pq.read_table(f, columns=[c for c in ("path", "time", "error") if c in names]).to_pylist():
+                tally.add({k: v for k, v in row.items() if v is not None})
+        return tally
+    for line in _jsonl_lines(folder):
+        # Only a frame's record holds the key (a quote inside a JSON string is escaped): parse those.
+        if '"time": ' in line:
+            tally.add(json.loads(line))
+        else:
+            tally.add({"error": True} if '"error": ' in line else {})
+    return tally
+
+
+def _blocks(folder: str | Path, fmt: str) -> list[Path]:
+    from ..uses.resume import BlockFolder
+
+    return BlockFolder(Path(folder), fmt).blocks()
+
+
+def _jsonl_lines(folder: str | Path) -> Iterator[str]:
+    for f in _blocks(folder, "jsonl"):
         with f.open(encoding="utf-8") as fh:
             yield from fh
 
@@ -395,9 +443,10 @@ def run(
         raise UsageError(f"--format with --engine ray must be one of {', '.join(OUTPUT_FORMATS)}, not {fmt!r}")
     if resume and has_scheme(output):
         raise UsageError("--resume with --engine ray needs a local --output folder")
-    from ..uses.resume import folder_progress
+    from ..uses.resume import BlockFolder
 
-    done = set() if has_scheme(output) else folder_progress(Path(output), fmt, resume)
+    folder = None if has_scheme(output) else BlockFolder(Path(output), fmt)
+    done = set() if folder is None else folder.progress(resume)
     start = time.perf_counter()
     # Ray prints worker deaths and logs on stdout; ours carries the summary.
     from .raysession import ray_session, stdout_to_stderr
@@ -408,10 +457,16 @@ def run(
         if todo is not None:
             ds = classify_dataset(todo, classifier, workers=workers, gpus_per_worker=gpus_per_worker,
                                   cpus_per_worker=cpus_per_worker, batch_size=batch_size, **options)  # fmt: skip
+            import secrets
+
+            # the folder's mark names this run's token before any block file is written
+            token = secrets.token_hex(6) if folder is None else folder.begin()
             if fmt == "parquet":
-                ds.drop_columns(["record"]).write_parquet(output)
+                ds.drop_columns(["record"]).write_parquet(output, filename_provider=_block_names(token, fmt))
             else:
-                ds.write_datasink(_jsonl_datasink(output))
+                ds.write_datasink(_jsonl_datasink(output, _block_names(token, fmt)))
+            if folder is not None:
+                folder.end(token)
     summary: dict[str, Any] = {"engine": "ray", "output": output, "format": fmt, "workers": workers}
     if done:
         summary["resumed_after"] = len(done)
@@ -422,12 +477,12 @@ def run(
 
 
 def iter_records(folder: str | Path, fmt: str = "jsonl") -> Iterable[dict[str, Any]]:
-    """Read back the records of an output folder (local), in file order."""
-    folder = Path(folder)
+    """Read back the records of an output folder (local), in file order: the block files its mark
+    lists (a folder written before there was a mark: every file of the format)."""
     if fmt == "parquet":
         import pyarrow.parquet as pq
 
-        for f in sorted(folder.glob("*.parquet")):
+        for f in _blocks(folder, fmt):
             yield from pq.read_table(f).to_pylist()
         return
     for line in _jsonl_lines(folder):

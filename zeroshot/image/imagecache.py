@@ -111,7 +111,7 @@ class ImageEmbeddingCache:
                 conn.executemany("INSERT OR REPLACE INTO emb VALUES (?, ?)", data)
         except sqlite3.Error as e:
             self.read_only = True
-            cache.warn_unwritable("image embeddings", e)
+            _unwritable(e)
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
@@ -126,8 +126,12 @@ def open_image_cache(key: str, dim: int) -> ImageEmbeddingCache | None:
     try:
         return ImageEmbeddingCache(key, dim)
     except (OSError, sqlite3.Error) as e:
-        cache.warn_unwritable("image embeddings", e)
+        _unwritable(e)
         return None
+
+
+def _unwritable(error: BaseException) -> None:
+    cache.warn_unwritable("image embeddings", error, "images are encoded again on every run")
 
 
 def content_digest(data: bytes) -> str:

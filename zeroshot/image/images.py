@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
+from ..base import options
 from ..base.errors import ImageError, os_error  # here too: where the decoders' callers look for them
 
 log = logging.getLogger("zeroshot")
@@ -264,7 +265,7 @@ def to_8bit(im: Any) -> Any:
 
 # Pillow's own limit raises past 2x its MAX_IMAGE_PIXELS (89.5M); the same 179M pixels is the
 # default here (0.5 GB as RGB), checked on the header before any pixel memory is allocated.
-DEFAULT_MAX_PIXELS = 178_956_970
+DEFAULT_MAX_PIXELS = options.DEFAULT_MAX_PIXELS
 
 
 def check_pixels(width: int, height: int, max_pixels: int | None) -> None:

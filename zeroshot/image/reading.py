@@ -1,16 +1,23 @@
 """Reading one input's bytes without ever hanging or holding more than the byte cap.
 
-Every path that reads an image (decoding workers, image-cache hashing, ``eval``, reports, the
-Ray actors) reads through here, so the rules hold everywhere:
+What reads an input's bytes reads them through here: the decoding workers (an image whole; a video
+or an animated image as a capped file object handed to FFmpeg or Pillow), the image cache's and
+``adapt``'s hashing, a video's planning, its download and the sniffing of a file named without a
+video extension, ``eval``'s image folders, and the contact sheets' thumbnails. Two readers do not:
+``eval``'s IDX arrays (:mod:`zeroshot.image.idx`: the dataset's own files, read whole), and Ray's
+reader for the URIs (``s3://...``) the Ray engine is given (``read_binary_files``; the byte cap is
+applied to what it delivers). The rules:
 
-- **Only regular files.** A FIFO, device or socket is refused on ``stat`` before any open; the
-  open itself is non-blocking and re-checked with ``fstat``, so a path swapped for a FIFO between
-  the two cannot block either.
-- **A byte cap** (``--max-bytes``): refused on the size the file declares, and enforced while
-  reading, for a file that grows, lies about its size or has none.
+- **Only regular files.** The open is non-blocking and checked with ``fstat`` on the descriptor
+  that is then read, so neither a FIFO, device or socket, nor a path swapped for one after a
+  check elsewhere, can block. A name is a file, never anything else (FFmpeg is handed the open
+  file, never the name).
+- **A byte cap** (``--max-bytes``, ``--max-video-bytes`` for videos): refused on the size the file
+  declares, and enforced while reading, for a file that grows, lies about its size or has none.
 - **URLs** (``http://``, ``https://``): a connect and read timeout, an overall deadline, the same
   byte cap (on ``Content-Length`` and while reading), at most :data:`MAX_REDIRECTS` redirects,
-  and one-line messages for HTTP errors, time-outs and pages that are not images.
+  and one-line messages for HTTP errors, time-outs and pages that are not images. A video's body
+  goes to a file a block at a time (:func:`url_blocks`).
 
 This module imports nothing heavy: it runs in forked decoding workers.
 """
@@ -18,18 +25,18 @@ This module imports nothing heavy: it runs in forked decoding workers.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import stat
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from ..base.errors import ImageError, os_error
+from ..base.options import DEFAULT_MAX_BYTES as DEFAULT_MAX_BYTES  # why 512 MiB: there
+from ..base.options import DEFAULT_TIMEOUT as DEFAULT_TIMEOUT  # seconds to connect, and between two reads
+from ..base.options import named
 
-# The pixel cap (--max-pixels, 178,956,970) as 8-bit RGB is 536,870,910 bytes: 512 MiB is the
-# largest file an uncompressed image within that cap can be (BMP, PPM, TIFF), so the default byte
-# cap refuses no image the pixel cap accepts, while a 50 GB file named .jpg is refused unread.
-DEFAULT_MAX_BYTES = 512 * 1024 * 1024
-DEFAULT_TIMEOUT = 20.0  # seconds to connect, and between two reads of a URL's body
 DEADLINE_FACTOR = 6  # a whole download may take this many timeouts (2 minutes by default)
 MAX_REDIRECTS = 5
 CHUNK = 1 << 20
@@ -59,16 +66,16 @@ def kind_problem(mode: int) -> str | None:
     return "not a regular file"
 
 
-def too_large(size: int, max_bytes: int, option: str = "--max-bytes") -> ImageError:
+def too_large(size: int, max_bytes: int, option: str | None = None) -> ImageError:
     """The record's message for an input over its byte cap, naming the option the cap comes from."""
-    return ImageError(f"too large: {size:,} bytes, over the {option} limit of {max_bytes:,}")
+    return ImageError(f"too large: {size:,} bytes, over the {option or named('max_bytes')} limit of {max_bytes:,}")
 
 
-def _grew(max_bytes: int) -> ImageError:
-    return ImageError(f"too large: more than the --max-bytes limit of {max_bytes:,} bytes")
+def _grew(max_bytes: int, option: str | None = None) -> ImageError:
+    return ImageError(f"too large: more than the {option or named('max_bytes')} limit of {max_bytes:,} bytes")
 
 
-def _open_regular(path: str, max_bytes: int | None) -> int:
+def _open_regular(path: str, max_bytes: int | None, option: str | None = None) -> int:
     """A file descriptor of a regular file within the cap, opened without blocking."""
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
@@ -81,14 +88,14 @@ def _open_regular(path: str, max_bytes: int | None) -> int:
         if problem is not None:
             raise ImageError(problem)
         if max_bytes and st.st_size > max_bytes:
-            raise too_large(st.st_size, max_bytes)
+            raise too_large(st.st_size, max_bytes, option)
     except BaseException:
         os.close(fd)
         raise
     return fd
 
 
-def _chunks(fd: int, max_bytes: int | None) -> Any:
+def _chunks(fd: int, max_bytes: int | None, option: str | None = None) -> Iterator[bytes]:
     total = 0
     while True:
         try:
@@ -101,7 +108,7 @@ def _chunks(fd: int, max_bytes: int | None) -> Any:
             return
         total += len(block)
         if max_bytes and total > max_bytes:
-            raise _grew(max_bytes)
+            raise _grew(max_bytes, option)
         yield block
 
 
@@ -118,12 +125,66 @@ def file_digest(path: str, max_bytes: int | None = DEFAULT_MAX_BYTES) -> str:
     """SHA-256 of a regular file's content, read a block at a time (memory stays at one block)."""
     fd = _open_regular(path, max_bytes)
     try:
-        digest = hashlib.sha256()
-        for block in _chunks(fd, max_bytes):
-            digest.update(block)
-        return digest.hexdigest()
+        return _digest(fd, max_bytes)
     finally:
         os.close(fd)
+
+
+def _digest(fd: int, max_bytes: int | None, option: str | None = None) -> str:
+    digest = hashlib.sha256()
+    for block in _chunks(fd, max_bytes, option):
+        digest.update(block)
+    return digest.hexdigest()
+
+
+class CappedFile(io.FileIO):
+    """A regular file opened by :func:`open_file`, read as a binary file object (what FFmpeg and
+    Pillow are handed): a read that would end past the cap is refused with the cap's message, so
+    the cap holds for a file that grows after its size was checked, whoever reads and seeks."""
+
+    def __init__(self, fd: int, path: str, max_bytes: int | None, option: str | None) -> None:
+        super().__init__(fd, "rb", closefd=True)
+        self.name = path  # FFmpeg's and Pillow's hint at the format, never opened
+        self.max_bytes = max_bytes
+        self.option = option
+
+    def read(self, size: int | None = -1) -> bytes:
+        try:
+            block = super().read(size)
+        except BlockingIOError:  # cannot happen on a regular file; never spin on one that does
+            raise ImageError("not a regular file") from None
+        except OSError as e:
+            raise os_error(e) from None
+        if self.max_bytes and block and self.tell() > self.max_bytes:
+            raise _grew(self.max_bytes, self.option)
+        return block or b""
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        data = self.read(len(view))
+        view[: len(data)] = data
+        return len(data)
+
+    def digest(self) -> str:
+        """SHA-256 of the whole file (read from its start, within the cap; the position is kept)."""
+        at = self.tell()
+        self.seek(0)
+        try:
+            return _digest(self.fileno(), self.max_bytes, self.option)
+        finally:
+            self.seek(at)
+
+
+def open_file(path: str, max_bytes: int | None = DEFAULT_MAX_BYTES, option: str | None = None) -> CappedFile:
+    """``path`` opened for reading as a :class:`CappedFile`: a regular file (the open never blocks;
+    checked with ``fstat`` on the descriptor that is read), its size within ``max_bytes`` (None or
+    0: no cap), ``option`` the name a refusal gives the cap."""
+    fd = _open_regular(path, max_bytes, option)
+    try:
+        return CappedFile(fd, path, max_bytes, option)
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def read_input(path: str, max_bytes: int | None = DEFAULT_MAX_BYTES, timeout: float = DEFAULT_TIMEOUT) -> bytes:
@@ -154,6 +215,15 @@ def _opener() -> Any:
 
 def fetch_url(url: str, max_bytes: int | None = DEFAULT_MAX_BYTES, timeout: float = DEFAULT_TIMEOUT) -> bytes:
     """GET ``url`` with the timeouts, the byte cap and the redirect limit; one-line errors."""
+    return b"".join(url_blocks(url, max_bytes, timeout))
+
+
+def url_blocks(
+    url: str, max_bytes: int | None = DEFAULT_MAX_BYTES, timeout: float = DEFAULT_TIMEOUT, option: str | None = None
+) -> Iterator[bytes]:
+    """GET ``url``'s body a block (at most :data:`CHUNK` bytes) at a time, with the timeouts, the
+    overall deadline, the byte cap (``option`` names it in a refusal) and the redirect limit;
+    :class:`ImageError` with a one-line message when any of them stops it."""
     import http.client
     import urllib.error
     import urllib.request
@@ -165,21 +235,20 @@ def fetch_url(url: str, max_bytes: int | None = DEFAULT_MAX_BYTES, timeout: floa
             ctype = (response.headers.get("Content-Type") or "").split(";")[0].strip().lower()
             length = response.headers.get("Content-Length")
             if max_bytes and length and length.isdigit() and int(length) > max_bytes:
-                raise too_large(int(length), max_bytes)
+                raise too_large(int(length), max_bytes, option)
             if ctype.startswith("text/") or ctype in ("application/json", "application/xhtml+xml"):
                 raise ImageError(f"not an image (the server sent {ctype})")
-            parts, total = [], 0
+            total = 0
             while True:
                 if time.monotonic() > deadline:
                     raise ImageError(f"timed out: the download took over {DEADLINE_FACTOR * timeout:g} s")
                 block = response.read1(CHUNK) if hasattr(response, "read1") else response.read(CHUNK)
                 if not block:
-                    break
+                    return
                 total += len(block)
                 if max_bytes and total > max_bytes:
-                    raise _grew(max_bytes)
-                parts.append(block)
-            return b"".join(parts)
+                    raise _grew(max_bytes, option)
+                yield block
     except ImageError:
         raise
     except urllib.error.HTTPError as e:

@@ -8,10 +8,17 @@ before it), each frame once, at most ``max_frames``. Times and frame numbers com
 packets, so they are exact for a variable frame rate too: ``time`` is seconds from the stream's
 start, ``frame`` the frame's index in presentation order (``ffmpeg -vf select='eq(n,FRAME)'``).
 
-Decoding (:func:`zeroshot.image.videodecode.decode_part`, in the same worker processes as images) takes a run of sampled
-frames that share a keyframe, seeks to that keyframe and decodes forward only as far as the last
-of them: groups of pictures with no sampled frame are never decoded. The stream's rotation (its
-display matrix) is applied, then the model's own preprocessing, as for an image.
+Decoding (:func:`zeroshot.image.videodecode.decode_part`, in the same worker processes as
+images) takes a run of sampled frames that share a keyframe, seeks to that keyframe and decodes
+forward only as far as the last of them: groups of pictures with no sampled frame are never
+decoded. The stream's rotation (its display matrix) is applied, then the model's own
+preprocessing, as for an image.
+
+FFmpeg never opens a video by its name: the file is opened here (:class:`Video`, through
+:func:`zeroshot.image.reading.open_file`: a regular file, never a blocking open, the byte cap held
+while FFmpeg reads) and FFmpeg reads that open file, so a name such as ``concat:a.mp4|b.mp4`` is
+the file it names, and FFmpeg opens no other file or protocol on its own. A URL's video is
+downloaded to a temporary file first, a block at a time.
 
 Animated GIF and WebP are images unless ``animated`` is asked for; then their frames are sampled
 the same way, with the times their frame durations give (Pillow decodes them).
@@ -20,6 +27,7 @@ the same way, with the times their frame durations give (Pillow decodes them).
 from __future__ import annotations
 
 import bisect
+import contextlib
 import os
 import shutil
 import tempfile
@@ -27,10 +35,17 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from ..base import options
+from ..base.options import named
 from .images import ANIMATED_EXTENSIONS, ImageError, Input, Pause, check_pixels, is_video_name
 
-DEFAULT_MAX_VIDEO_BYTES = 64 * 1024**3  # a video is read as a stream: memory does not grow with it
-PART_FRAMES = 16  # sampled frames decoded in one pass of a worker (16 x 224 x 224 x 3 bytes: 2.4 MB)
+# FFmpeg reads a video as a stream, and a URL's goes to its temporary file a block at a time: memory
+# grows with the packets planned (MAX_PACKETS), never with the bytes, so the cap is one of disk.
+DEFAULT_MAX_VIDEO_BYTES = options.DEFAULT_MAX_VIDEO_BYTES  # why 64 GiB: zeroshot.base.options
+# Sampled frames decoded in one pass of a worker. Each becomes its payload as it is decoded, so a
+# worker holds a part's payloads (16 x 224 x 224 x 3 bytes, 2.4 MB, at the usual model size), one
+# decoded frame, and the decoder's reference frames.
+PART_FRAMES = 16
 MAX_PACKETS = 20_000_000  # packets planned per video (over 7 days at 30 frames a second)
 
 
@@ -44,6 +59,8 @@ class FrameInput(Input):
     start: int | None = None  # the keyframe to seek to before decoding (None: from the start)
     source: str = ""  # the local file to decode (a URL's is a downloaded copy)
     stream: int = 0  # the video stream's index in the container; -1: frames of an animated image
+    max_bytes: int = 0  # the byte cap the file is read within (0: none), and the option it came from
+    cap_option: str = ""
 
 
 @dataclass(frozen=True)
@@ -55,15 +72,24 @@ class VideoPart(Input):
 
 @dataclass(frozen=True)
 class VideoOptions:
-    """``--every``, ``--max-frames``, ``--animated-as-video`` and the byte cap for videos."""
+    """``every``, ``max_frames``, ``animated_as_video`` and the byte cap for videos, checked when
+    made by the options' one definition (:mod:`zeroshot.base.options`), whichever face made them."""
 
     every: float = 1.0
     max_frames: int | None = None
     animated: bool = False
-    max_bytes: int | None = DEFAULT_MAX_VIDEO_BYTES
-    cap_option: str = "--max-video-bytes"  # the option the byte cap came from, named when it refuses
+    max_bytes: int | None = DEFAULT_MAX_VIDEO_BYTES  # 0 or None: no cap
+    cap_option: str = ""  # the option the byte cap came from, as messages name it (default: max_video_bytes)
     max_pixels: int | None = None
     timeout: float = 20.0
+
+    def __post_init__(self) -> None:
+        for name, value in (("every", self.every), ("max_frames", self.max_frames),
+                            ("animated_as_video", self.animated), ("max_video_bytes", self.max_bytes),
+                            ("max_pixels", self.max_pixels), ("timeout", self.timeout)):  # fmt: skip
+            options.OPTIONS[name].check(value)
+        if not self.cap_option:
+            object.__setattr__(self, "cap_option", named("max_video_bytes"))
 
 
 def is_part(inp: Input) -> bool:
@@ -89,7 +115,8 @@ def frame_row(inp: Input) -> dict[str, Any]:
     f = inp if isinstance(inp, FrameInput) else None
     return {"path": inp.path, "error": inp.error or "", "time": f.time if f else -1.0, "frame": f.frame if f else -1,
             "pts": f.pts if f else 0, "start": "" if f is None or f.start is None else str(f.start),
-            "source": f.source if f else "", "stream": f.stream if f else 0}  # fmt: skip
+            "source": f.source if f else "", "stream": f.stream if f else 0, "max_bytes": f.max_bytes if f else 0,
+            "cap_option": f.cap_option if f else ""}  # fmt: skip
 
 
 def row_input(row: dict[str, Any]) -> Input:
@@ -107,6 +134,8 @@ def row_input(row: dict[str, Any]) -> Input:
         start=int(start) if start else None,
         source=str(row["source"]),
         stream=int(row["stream"]),
+        max_bytes=int(row.get("max_bytes") or 0),
+        cap_option=str(row.get("cap_option") or ""),
     )
 
 
@@ -154,27 +183,27 @@ def _is_video(path: str, animated: bool) -> bool:
 
     if is_image_name(path) or is_url(path):
         return False
-    try:  # a file named without a video extension: its first bytes say (never a blocking open)
-        if not os.path.isfile(path):
-            return False
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-        try:
-            head = os.read(fd, 12)
-        finally:
-            os.close(fd)
-    except OSError:
+    from .reading import open_file
+
+    try:  # a file named without a video extension: its first bytes say (a regular file's only)
+        with open_file(path, None) as f:
+            head = f.read(12)
+    except (ImageError, OSError):
         return False
     return head[4:8] == b"ftyp" or head[:4] == b"\x1a\x45\xdf\xa3" or (head[:4] == b"RIFF" and head[8:12] == b"AVI ")
 
 
 def plan(path: str, opts: VideoOptions) -> Iterator[FrameInput]:
     """The sampled frames of one video (see the module's text); :class:`ImageError` when it has none."""
-    source = _local_copy(path, opts)
+    from .reading import is_url
+
+    source = _download(path, opts) if is_url(path) else path
     if os.path.splitext(path)[1].lower() in ANIMATED_EXTENSIONS and opts.animated:
         times = _animated_times(source, opts)
         picks = _sample(times, list(range(len(times))), opts)
         for frame, pts in picks:
-            yield FrameInput(path, time=round(times[frame], 6), frame=frame, pts=pts, source=source, stream=-1)
+            yield FrameInput(path, time=round(times[frame], 6), frame=frame, pts=pts, source=source, stream=-1,
+                             max_bytes=opts.max_bytes or 0, cap_option=opts.cap_option)  # fmt: skip
         return
     yield from _plan_av(path, source, opts)
 
@@ -184,7 +213,8 @@ def _plan_av(path: str, source: str, opts: VideoOptions) -> Iterator[FrameInput]
     pts_list: list[int] = []
     keys: list[int] = []  # positions (decode order) of keyframes
     try:
-        with av.open(source, metadata_errors="ignore") as container:
+        with open_video(source, opts.max_bytes, opts.cap_option) as video:
+            container = video.container
             if not container.streams.video:
                 raise ImageError("no video stream (audio only)" if container.streams.audio else
                                  "no video stream (truncated, or not a video)")  # fmt: skip
@@ -231,7 +261,7 @@ def _plan_av(path: str, source: str, opts: VideoOptions) -> Iterator[FrameInput]
             k = keys[i - 1] if i > 0 else None
         start = None if k is None or k == 0 else pts_list[k]
         yield FrameInput(path, time=round(times[frame], 6), frame=frame, pts=pts, start=start, source=source,
-                         stream=stream_index)  # fmt: skip
+                         stream=stream_index, max_bytes=opts.max_bytes or 0, cap_option=opts.cap_option)  # fmt: skip
 
 
 def _horizon(pts_list: list[int], origin: Any, base: Any, opts: VideoOptions) -> int | None:
@@ -287,8 +317,10 @@ def _check_size(width: int, height: int, max_pixels: int | None) -> None:
 def _animated_times(source: str, opts: VideoOptions) -> list[float]:
     from PIL import Image
 
+    from .reading import open_file
+
     try:
-        with Image.open(source) as im:
+        with open_file(source, opts.max_bytes, opts.cap_option) as f, Image.open(_not_empty(f)) as im:
             check_pixels(im.size[0], im.size[1], opts.max_pixels)
             times, t = [], 0.0
             for i in range(min(getattr(im, "n_frames", 1), MAX_PACKETS)):
@@ -304,59 +336,103 @@ def _animated_times(source: str, opts: VideoOptions) -> list[float]:
 
 # --- where the bytes are ------------------------------------------------------------------------
 
+
+class Video:
+    """An FFmpeg container over a video file opened here (:func:`zeroshot.image.reading.open_file`:
+    a regular file, never a blocking open, checked on the descriptor FFmpeg then reads, the byte cap
+    held while it reads). FFmpeg is handed the open file, never the name, and may open nothing on
+    its own (no protocol is allowed it: a playlist or a reference inside a file names no other).
+    Closing it closes both (PyAV leaves a file object it was handed open)."""
+
+    def __init__(self, source: str, max_bytes: int | None, option: str) -> None:
+        from .reading import open_file
+
+        self.file = open_file(source, max_bytes, option)
+        try:
+            st = os.fstat(_not_empty(self.file).fileno())
+            self.ident = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+            self.container = load_av().open(self.file, metadata_errors="ignore", container_options=NO_PROTOCOLS)
+        except BaseException:
+            self.file.close()
+            raise
+
+    def close(self) -> None:
+        try:
+            self.container.close()
+        finally:
+            self.file.close()
+
+    def __enter__(self) -> Video:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+NO_PROTOCOLS = {"protocol_whitelist": "none"}  # names no protocol: every open FFmpeg would make itself fails
+
+
+def open_video(source: str, max_bytes: int | None, option: str) -> Video:
+    """``source`` opened for FFmpeg (see :class:`Video`); :class:`ImageError` for a file that is not
+    a regular file, is empty or is over the cap, FFmpeg's own errors for one it cannot open."""
+    return Video(source, max_bytes, option)
+
+
+def _not_empty(f: Any) -> Any:
+    if os.fstat(f.fileno()).st_size == 0:
+        raise ImageError("empty file (0 bytes)")
+    return f
+
+
+def cap_of(f: FrameInput) -> tuple[int | None, str]:
+    """The byte cap a frame's file is read within, and the option it came from."""
+    return f.max_bytes or None, f.cap_option or named("max_video_bytes")
+
+
 _downloads: str | None = None
 
 
-def _local_copy(path: str, opts: VideoOptions) -> str:
-    """A path FFmpeg can open: a regular file within the byte cap (checked on an open descriptor, so
-    a FIFO is never opened blocking), or a URL's bytes fetched once into a temporary folder that
-    :func:`remove_downloads` deletes."""
-    from .reading import _open_regular, fetch_url, is_url, too_large
+def _download(url: str, opts: VideoOptions) -> str:
+    """A URL's video in a temporary folder that :func:`remove_downloads` deletes, written a block
+    at a time as it arrives (the byte cap, the timeouts and the deadline held while it does)."""
+    from .reading import url_blocks
 
-    if not is_url(path):
-        fd = _open_regular(path, None)
-        try:
-            size = os.fstat(fd).st_size
-        finally:
-            os.close(fd)
-        if size == 0:
-            raise ImageError("empty file (0 bytes)")
-        if opts.max_bytes and size > opts.max_bytes:
-            raise too_large(size, opts.max_bytes, opts.cap_option)
-        return path
     global _downloads
-    data = fetch_url(path, opts.max_bytes, opts.timeout)
-    if not data:
-        raise ImageError("empty file (0 bytes)")
     if _downloads is None:
         _downloads = tempfile.mkdtemp(prefix="zeroshot-video-")
-    fd, name = tempfile.mkstemp(dir=_downloads, suffix=os.path.splitext(path.split("?")[0])[1][:8])
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
+    fd, name = tempfile.mkstemp(dir=_downloads, suffix=os.path.splitext(url.split("?")[0])[1][:8])
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for block in url_blocks(url, opts.max_bytes, opts.timeout, opts.cap_option):
+                f.write(block)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            os.unlink(name)
+        if isinstance(e, OSError):  # the temporary folder's disk is full, or went
+            raise ImageError(f"cannot keep the download ({e.strerror or e})") from None
+        raise
     return name
 
 
-_digests: dict[tuple[str, int, int], str] = {}
+_digests: dict[tuple[int, int, int, int], str] = {}
 
 
 def frame_digest(f: FrameInput) -> str:
     """The image cache's key of a frame: the video file's content and the frame's exact time (its
-    stream and presentation timestamp). The file is hashed once per run (a read of the whole file)."""
+    stream and presentation timestamp). The file is opened as its frames are (the same checks, the
+    same cap) and hashed once per run while it stays the same file (device, inode, size, time)."""
     import hashlib
 
-    from .images import os_error
-    from .reading import file_digest
+    from .reading import open_file
 
-    try:
-        st = os.stat(f.source)
-    except OSError as e:
-        raise os_error(e) from None
-    key = (f.source, st.st_size, st.st_mtime_ns)
-    digest = _digests.get(key)
-    if digest is None:
-        if len(_digests) >= 64:
-            _digests.clear()
-        digest = _digests[key] = file_digest(f.source, None)
+    with open_file(f.source, *cap_of(f)) as file:
+        st = os.fstat(file.fileno())
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        digest = _digests.get(key)
+        if digest is None:
+            if len(_digests) >= 64:
+                _digests.clear()
+            digest = _digests[key] = file.digest()
     return hashlib.sha256(f"{digest}:{f.stream}:{f.pts}".encode()).hexdigest()
 
 

@@ -216,7 +216,6 @@ def count_parameters() -> list[tuple[str, float | None]]:
     import open_clip
     import torch
 
-    from .fastload import quiet_third_party
     from .models import BUNDLED_NAME, register_bundled
 
     register_bundled()
@@ -225,7 +224,7 @@ def count_parameters() -> list[tuple[str, float | None]]:
         if "hf_model_name" in open_clip.get_model_config(name).get("text_cfg", {}):
             out.append((name, None))
             continue
-        with quiet_third_party(), torch.device("meta"):
+        with torch.device("meta"):
             model = open_clip.create_model(name, pretrained=None, device="meta")
         out.append((name, round(sum(p.numel() for p in model.parameters()) / 1e6, 2)))
     return out
@@ -249,5 +248,10 @@ def write_architectures(path: Path = ARCHITECTURES_FILE) -> None:
 if __name__ == "__main__":
     if sys.argv[1:] != ["--write"]:
         sys.exit("usage: python -m zeroshot.model.catalog --write")
+    import logging
+    import warnings
+
+    logging.disable(logging.CRITICAL)  # open_clip's chatter for each of 115 builds; this script is its own process
+    warnings.simplefilter("ignore")
     write_architectures()
     print(f"wrote {ARCHITECTURES_FILE}")

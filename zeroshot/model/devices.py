@@ -11,6 +11,7 @@ from enum import Enum
 from typing import Any
 
 from ..base.errors import UsageError
+from ..base.options import named
 
 
 class Precision(str, Enum):
@@ -33,9 +34,9 @@ def resolve_precision(precision: str | None, device: str) -> str:
     if choice == "auto":
         return "fp16" if device.startswith("cuda") else "fp32"
     if choice not in PRECISIONS:
-        raise UsageError(f"--precision {precision}: expected auto, {', '.join(PRECISIONS)}")
+        raise UsageError(f"{named('precision', precision)}: expected auto, {', '.join(PRECISIONS)}")
     if choice == "int8" and device.startswith("cuda"):
-        raise UsageError("--precision int8 is for the CPU (ONNX Runtime); on CUDA use fp16 or bf16")
+        raise UsageError(f"{named('precision', 'int8')} is for the CPU (ONNX Runtime); on CUDA use fp16 or bf16")
     return choice
 
 
@@ -65,13 +66,15 @@ def resolve_device(device: str | None) -> str:
         return "cuda" if torch.cuda.is_available() else "cpu"
     if choice == "cuda" or choice.startswith("cuda:"):
         if not torch.cuda.is_available():
-            raise UsageError(f"--device {device}: CUDA is not available on this machine (use cpu or auto)")
+            raise UsageError(f"{named('device', device)}: CUDA is not available on this machine (use cpu or auto)")
         if choice != "cuda":
             index = choice.split(":", 1)[1]
             if not index.isdigit() or int(index) >= torch.cuda.device_count():
-                raise UsageError(f"--device {device}: no such GPU (this machine has {torch.cuda.device_count()})")
+                raise UsageError(
+                    f"{named('device', device)}: no such GPU (this machine has {torch.cuda.device_count()})"
+                )
         return choice
-    raise UsageError(f"--device {device}: expected auto, cpu, cuda or cuda:N")
+    raise UsageError(f"{named('device', device)}: expected auto, cpu, cuda or cuda:N")
 
 
 @contextmanager

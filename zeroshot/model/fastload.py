@@ -4,27 +4,14 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.abc
 import importlib.machinery
 import importlib.util
-import logging
 import sys
-import warnings
+import threading
 from collections.abc import Iterator
 from typing import Any
-
-
-@contextlib.contextmanager
-def quiet_third_party() -> Iterator[None]:
-    """open_clip and huggingface_hub log and warn freely while loading; we report failures ourselves."""
-    previous = logging.root.manager.disable
-    logging.disable(logging.CRITICAL)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logging.disable(previous)
 
 
 class _LeanOpenClip(importlib.abc.MetaPathFinder):
@@ -181,24 +168,55 @@ def skip_random_init() -> Iterator[None]:
     safe only because :func:`open_clip.create_model_from_pretrained` loads a full checkpoint with
     ``strict=True`` (every parameter and persistent buffer must be in it) or raises. Buffers not in
     checkpoints (causal masks, rotary tables, position ids) are computed, never drawn: untouched.
-    """
-    import torch
 
-    init = torch.nn.init
-    saved: dict[tuple[Any, str], Any] = {}
-    for name in _INIT_FUNCTIONS:
-        if hasattr(init, name):
-            saved[(init, name)] = getattr(init, name)
-            setattr(init, name, _keep)
-    for name in _INIT_METHODS:
-        saved[(torch.Tensor, name)] = getattr(torch.Tensor, name)
-        setattr(torch.Tensor, name, _keep)
+    Only the calling thread skips: while any thread is inside, torch's initialisers are wrappers
+    that draw as usual for every other thread (a library user's model built meanwhile is random as
+    it should be); the last thread out puts the originals back.
+    """
+    global _inside
+    with _patch_lock:
+        if _inside == 0:
+            _install()
+        _inside += 1
+    _skipping.active = getattr(_skipping, "active", 0) + 1
     try:
         yield
     finally:
-        for (owner, name), original in saved.items():
-            setattr(owner, name, original)
+        _skipping.active -= 1
+        with _patch_lock:
+            _inside -= 1
+            if _inside == 0:
+                _uninstall()
 
 
-def _keep(tensor: Any, *args: Any, **kwargs: Any) -> Any:
-    return tensor
+_skipping = threading.local()  # .active > 0: this thread builds a model whose weights a checkpoint overwrites
+_patch_lock = threading.Lock()
+_inside = 0  # threads inside skip_random_init
+_originals: dict[tuple[Any, str], Any] = {}
+
+
+def _install() -> None:
+    import torch
+
+    for owner, names in ((torch.nn.init, _INIT_FUNCTIONS), (torch.Tensor, _INIT_METHODS)):
+        for name in names:
+            original = getattr(owner, name, None)
+            if original is not None:
+                _originals[(owner, name)] = original
+                setattr(owner, name, _skipping_in_this_thread(original))
+
+
+def _uninstall() -> None:
+    for (owner, name), original in _originals.items():
+        setattr(owner, name, original)
+    _originals.clear()
+
+
+def _skipping_in_this_thread(original: Any) -> Any:
+    @functools.wraps(original)
+    def init(tensor: Any, *args: Any, **kwargs: Any) -> Any:
+        if getattr(_skipping, "active", 0):
+            return tensor
+        return original(tensor, *args, **kwargs)
+
+    return init

@@ -18,12 +18,16 @@ def hub_endpoint() -> str:
 
 
 def hub_address() -> tuple[str, int]:
-    """(host, port) of the Hugging Face endpoint (``HF_ENDPOINT``, else huggingface.co)."""
-    endpoint = hub_endpoint()
-    scheme, _, rest = endpoint.rpartition("://")
-    netloc = rest.split("/", 1)[0]
-    host, _, port = netloc.rpartition(":") if netloc.count(":") == 1 else (netloc, "", "")
-    return host, int(port) if port.isdigit() else (80 if scheme == "http" else 443)
+    """(host, port) of the Hugging Face endpoint (``HF_ENDPOINT``, else huggingface.co); an IPv6
+    host comes without its brackets (``http://[::1]:8080`` is ``("::1", 8080)``)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(hub_endpoint())
+    try:
+        port = parts.port
+    except ValueError:  # a port that is no number: the load itself will say what is wrong
+        port = None
+    return parts.hostname or "", port or (80 if parts.scheme == "http" else 443)
 
 
 def reachable(address: tuple[str, int], timeout: float = 3.0) -> bool:
@@ -44,23 +48,11 @@ def reachable(address: tuple[str, int], timeout: float = 3.0) -> bool:
     return bool(result and result[0])
 
 
-def go_offline_if_unreachable() -> bool:
-    """Put huggingface_hub in offline mode when its host does not resolve.
-
-    Offline, the hub client still serves files already in its local cache but fails at once for the
-    rest, instead of retrying for a minute (transformers' tokenizers too: open_clip #968). Returns
-    True when the network is unusable: the endpoint's name does not resolve or it takes no connection.
-    """
-    with contextlib.suppress(ImportError):
-        import huggingface_hub.constants as hf_constants
-
-        if hf_constants.HF_HUB_OFFLINE:
-            return True
-        if not reachable(hub_address()):
-            hf_constants.HF_HUB_OFFLINE = True
-            os.environ["HF_HUB_OFFLINE"] = "1"  # for transformers, which may read it itself
-            return True
-    return False
+def hub_reachable() -> bool:
+    """Whether the Hugging Face endpoint takes a connection (its name resolves and a TCP connection
+    opens within 3 s). Says only: the caller decides to load from the local cache alone
+    (:func:`cache_only`, for that load), so nothing changes for the rest of the process."""
+    return reachable(hub_address())
 
 
 def hub_offline() -> bool:

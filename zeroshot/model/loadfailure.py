@@ -5,6 +5,7 @@ found, no network, offline mode), told apart by :func:`zeroshot.model.hub.failur
 from __future__ import annotations
 
 from ..base.errors import ModelLoadError, UnknownModelError
+from ..base.options import named
 from .hub import NO_NETWORK, NOT_FOUND, OFFLINE_MODE, failure_cause, hub_endpoint
 from .weightfiles import Weights, first_line
 
@@ -54,17 +55,18 @@ def load_failure(
         if cause is not None and cause[0] == OFFLINE_MODE:
             return ModelLoadError(
                 f"cannot load {what}: HF_HUB_OFFLINE is set and its files are not in the local Hugging Face "
-                "cache; unset HF_HUB_OFFLINE to download them, or pass a local checkpoint with --pretrained FILE"
+                f"cache; unset HF_HUB_OFFLINE to download them, or pass a local checkpoint with {named('pretrained')} "
+                "FILE"
             )
         if cause is not None and cause[0] == NO_NETWORK:
             return ModelLoadError(
                 f"cannot download the weights for {what}: no network connection ({hub_endpoint()} cannot be "
                 "reached) and they are not in the local Hugging Face cache; run once with a network, or pass a "
-                "local checkpoint with --pretrained FILE"
+                f"local checkpoint with {named('pretrained')} FILE"
             )
         return ModelLoadError(
             f"cannot load the weights for {what}: {first_line(e)} (a local checkpoint can be passed with "
-            "--pretrained FILE)"
+            f"{named('pretrained')} FILE)"
         )
     return ModelLoadError(f"cannot load {what}: {first_line(e)}")
 

@@ -7,6 +7,7 @@ identity* for cache keys, and loads the model with the preprocessing open_clip r
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Callable
@@ -15,13 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from ..base.errors import ModelLoadError, UnknownModelError, UsageError
-from .fastload import attach_optional, quiet_third_party, skip_random_init
+from ..base.options import named
+from .fastload import attach_optional, skip_random_init
 from .hub import (
     DownloadReport,
     Tracker,
     cache_only,
-    go_offline_if_unreachable,
     hub_offline,
+    hub_reachable,
     in_hub_cache,
     reporting_downloads,
 )
@@ -108,11 +110,13 @@ def resolve_spec(model: str | None = None, pretrained: str | None = None, prepro
     spec = _resolve_spec(model, pretrained)
     if preprocess:
         if spec.model == BUNDLED_NAME:
-            raise UsageError(f"--preprocess does not apply to {BUNDLED_NAME}: zeroshot's bundled model has its own")
+            raise UsageError(
+                f"{named('preprocess')} does not apply to {BUNDLED_NAME}: zeroshot's bundled model has its own"
+            )
         if spec.kind != "file":
             raise UsageError(
-                f"--preprocess {preprocess} applies to a checkpoint file (--pretrained FILE); {spec.label} brings "
-                "its own preprocessing"
+                f"{named('preprocess', preprocess)} applies to a checkpoint file ({named('pretrained')} FILE); "
+                f"{spec.label} brings its own preprocessing"
             )
         return ModelSpec(spec.model, spec.pretrained, spec.kind, preprocess.strip())
     return spec
@@ -123,10 +127,10 @@ def _resolve_spec(model: str | None, pretrained: str | None) -> ModelSpec:
     env_pretrained = os.environ.get("ZEROSHOT_PRETRAINED") or None
     name = (model or env_model or DEFAULT_MODEL).strip()
     if not name:
-        raise UsageError("--model is empty")
+        raise UsageError(f"{named('model')} is empty")
     if name.startswith((HF_PREFIX, LOCAL_DIR_PREFIX)):
         if pretrained:
-            raise UsageError(f"--pretrained does not apply to '{name}': that model brings its own weights")
+            raise UsageError(f"{named('pretrained')} does not apply to '{name}': that model brings its own weights")
         kind = "hf-hub" if name.startswith(HF_PREFIX) else "local-dir"
         ident = name.split(":", 1)[1].strip()
         if not ident:
@@ -140,8 +144,9 @@ def _resolve_spec(model: str | None, pretrained: str | None) -> ModelSpec:
             return ModelSpec(name, str(BUNDLED_WEIGHTS), "file")
         if not looks_like_path(weights):
             raise UsageError(
-                f"{BUNDLED_NAME} is zeroshot's bundled model: it brings its own weights and takes no --pretrained "
-                f"tag ('{weights}'); drop --pretrained, or pass a checkpoint file of its architecture"
+                f"{BUNDLED_NAME} is zeroshot's bundled model: it brings its own weights and takes no "
+                f"{named('pretrained')} tag ('{weights}'); drop {named('pretrained')}, or pass a checkpoint file of "
+                "its architecture"
             )
     if weights is None:
         weights = _default_tag(name)
@@ -175,7 +180,7 @@ def _default_tag(name: str) -> str:
         # No known tags: let the load report the unknown model or the missing weights.
         return DEFAULT_PRETRAINED
     raise UsageError(
-        f"{name} has no '{DEFAULT_PRETRAINED}' weights; pass --pretrained with one of: {', '.join(tags)} "
+        f"{name} has no '{DEFAULT_PRETRAINED}' weights; pass {named('pretrained')} with one of: {', '.join(tags)} "
         "(or a checkpoint file)"
     )
 
@@ -261,11 +266,11 @@ def _factory_arguments(
             if not tags:
                 raise UnknownModelError(
                     f"{spec.model} has no pretrained tags in open_clip ('{spec.pretrained}' asked for): pass a "
-                    "checkpoint file with --pretrained FILE"
+                    f"checkpoint file with {named('pretrained')} FILE"
                 )
             raise UnknownModelError(
                 f"unknown pretrained tag '{spec.pretrained}' for {spec.model}; known tags: {', '.join(tags)} "
-                "(or pass a checkpoint file with --pretrained FILE)"
+                f"(or pass a checkpoint file with {named('pretrained')} FILE)"
             )
         # Weights trained with QuickGELU (OpenAI's) must run with it; open_clip only warns when the
         # config disagrees, which silently costs accuracy. Use the activation the weights expect.
@@ -321,7 +326,7 @@ def load_model(
     tracker = Tracker(downloads)
 
     def build() -> tuple[Any, Any, Any]:
-        with quiet_third_party(), reporting_downloads(tracker), skip_random_init():
+        with reporting_downloads(tracker), skip_random_init():
             model, preprocess = open_clip.create_model_from_pretrained(
                 spec.model, pretrained=spec.pretrained, device=device, precision=precision, **kwargs
             )
@@ -347,9 +352,12 @@ def load_model(
                 except Exception:
                     pass
             if built is None:
-                unreachable = go_offline_if_unreachable()
+                unreachable = not hub_reachable()
         if built is None:
-            built = build()
+            # No Hub: files come from the local cache or fail at once, instead of a minute of retries
+            # (transformers' tokenizers too: open_clip #968); offline for this load only.
+            with cache_only() if unreachable else contextlib.nullcontext():
+                built = build()
         model, preprocess, tokenizer = built
     except (ModelLoadError, UsageError):
         raise

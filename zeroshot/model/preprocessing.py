@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..base.errors import UsageError
+from ..base.options import named
 
 # The pretrained-config fields that make up an eval transform (create_model_from_pretrained's
 # image_* arguments; open_clip's tags set no others).
@@ -54,7 +55,7 @@ def file_preprocess(name: str, choice: str | None = None) -> tuple[dict[str, Any
     if choice:
         if choice not in tags:
             known = ", ".join(tags) if tags else "none"
-            raise UsageError(f"--preprocess {choice}: not a pretrained tag of {name} (its tags: {known})")
+            raise UsageError(f"{named('preprocess', choice)}: not a pretrained tag of {name} (its tags: {known})")
         cfg = _tag_preprocess(name, choice)
         return cfg, f"the preprocessing of its '{choice}' weights: {describe_preprocess(cfg)}"
     if not tags:
@@ -72,7 +73,7 @@ def file_preprocess(name: str, choice: str | None = None) -> tuple[dict[str, Any
     options = "; ".join(f"{', '.join(t)}: {describe_preprocess(cfgs[k])}" for k, t in groups.items())
     raise UsageError(
         f"{name}'s pretrained weights use different preprocessing ({options}); say which your checkpoint "
-        "follows with --preprocess TAG"
+        f"follows with {named('preprocess')} TAG"
     )
 
 

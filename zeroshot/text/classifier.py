@@ -285,7 +285,7 @@ def get_text_classifier(
         try:
             cache.save_entry(path, key, weights, _entry_info(spec, prompt_set, scoring))
         except CacheError as e:
-            cache.warn_unwritable("the text classifier", e.__cause__ or e)
+            cache.warn_unwritable("the text classifier", e.__cause__ or e, "it is built again on every run")
             path = None
     return TextClassifier(prompt_set, weights, path, False, time.perf_counter() - start, scoring)
 

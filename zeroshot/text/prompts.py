@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from ..base.errors import PromptError, UnknownDatasetError
+from ..base.options import current_face, named, worded
 
 # Re-exported: the names users and classifier files know this module by.
 from .promptcheck import MAX_LABEL_CHARS as MAX_LABEL_CHARS
@@ -239,6 +240,11 @@ def _norm(name: str) -> str:
     return name.strip().lower().replace("_", "-")
 
 
+# A source checkout run without installing (``python -c "import zeroshot"`` at its top) has no
+# zeroshot.prompt_packs package: the packs are the checkout's prompts/, beside the package folder.
+CHECKOUT_PACKS = Path(__file__).resolve().parents[2] / "prompts"
+
+
 def pack_dir() -> Path:
     """Where the bundled packs are: inside the installed package, or the checkout's prompts/."""
     try:
@@ -246,9 +252,9 @@ def pack_dir() -> Path:
         path = Path(str(root))
         if path.is_dir():
             return path
-    except (ModuleNotFoundError, TypeError):  # pragma: no cover - broken install
+    except (ModuleNotFoundError, TypeError):  # a source checkout, not installed
         pass
-    return Path(__file__).resolve().parent.parent / "prompts"  # pragma: no cover
+    return CHECKOUT_PACKS
 
 
 def list_packs() -> dict[str, Path]:
@@ -284,6 +290,11 @@ def load_pack(name: str) -> PromptSet:
     path = find_pack(name)
     if path is None:
         packs = list_packs()
+        if not packs:
+            raise UnknownDatasetError(
+                f"unknown dataset '{name}': no prompt packs were found (looked in {pack_dir()}; is zeroshot "
+                "installed whole?)"
+            )
         known = ", ".join(k for k in packs if k != DEFAULT_PACK)
         names = [_norm(k) for k in packs] + [_norm(a) for p in packs.values() for a in _pack_aliases(p)]
         close = difflib.get_close_matches(_norm(name), names, n=1)
@@ -323,7 +334,7 @@ def resolve_prompt_set(
     if extra:
         given += extra
         given_specs += [None] * len(extra)
-        origin.append("--label")
+        origin.append(named("labels") if current_face() != "cli" else "--label")
     pack = load_pack(dataset) if dataset else None
 
     specs: tuple[ClassPrompts | None, ...] = ()
@@ -333,9 +344,14 @@ def resolve_prompt_set(
     elif pack is not None and pack.classes:
         classes, specs = pack.classes, pack.specs
     elif pack is not None:
-        raise PromptError(f"{pack.origin}: pack '{pack.name}' has no classes; give --labels FILE or --label TEXT")
+        give = worded(cli="give --labels FILE or --label TEXT", library="give labels (a list of names) or labels_file")
+        raise PromptError(f"{pack.origin}: pack '{pack.name}' has no classes; {give}")
     else:
-        raise PromptError("no classes: give --labels FILE, --label TEXT (repeatable) or --dataset NAME")
+        give = worded(
+            cli="give --labels FILE, --label TEXT (repeatable) or --dataset NAME",
+            library="give labels (a list of names), labels_file (a file of them) or dataset (a prompt pack's name)",
+        )
+        raise PromptError(f"no classes: {give}")
 
     if templates_file is not None:
         templates = load_templates_file(templates_file)

@@ -12,6 +12,9 @@ Everything lives under ``<cache>/onnx/<digest>/`` (``image.onnx``, its weights b
 model is over 2 GB, ``meta.json``), keyed by the image-embedding key of the model (architecture,
 weights identity, open_clip and torch versions, preprocessing), the precision and this format's
 version, and written to a temporary folder renamed into place: a reader sees a whole engine or none.
+One run at a time makes an engine (``<cache>/onnx/<digest>.lock``): a second run started meanwhile
+waits, then finds the first one's. A cache that cannot be written is named once per run, with its
+cost (the export is made again on every run).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +61,12 @@ def _engine_key(image_key: str, precision: str, tower: str = "image") -> str:
                            "format": FORMAT, "opset": OPSET})  # fmt: skip
 
 
+def lock_path(image_key: str, precision: str, tower: str = "image") -> Path:
+    """The lock file a run holds while it makes this engine (beside the engine's folder)."""
+    folder = engine_dir(image_key, precision, tower)
+    return folder.with_name(folder.name + ".lock")
+
+
 def model_file(tower: str) -> str:
     return MODEL_FILE if tower == "image" else f"{tower}.onnx"
 
@@ -81,6 +90,48 @@ def read_engine(image_key: str, precision: str, tower: str = "image") -> Engine 
     return None
 
 
+def describe(folder: Path) -> dict[str, Any]:
+    """What a cached engine folder is, for ``zeroshot cache``: its tower, model, weights and
+    precision, when it was made, and how long that took, or why it was rejected; ``problem``
+    when its description cannot be read (a run makes that engine again)."""
+    for name in (META_FILE, REJECTED_FILE):
+        path = folder / name
+        if path.is_symlink() or not path.is_file():
+            continue
+        try:
+            meta = json.loads(path.read_text(encoding="utf-8"))
+            key = json.loads(meta["key"])
+            model = json.loads(key.get("model_key", "{}"))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            return {"problem": f"{name} is unreadable ({_one_line(e)})"}
+        if not isinstance(meta, dict) or not isinstance(key, dict) or not isinstance(model, dict):
+            return {"problem": f"{name} is not an engine's description"}
+        kind = str(key.get("kind", ""))
+        out = {"tower": kind.removeprefix("onnx-").removesuffix("-tower") or "?", "model": model.get("model", "?"),
+               "weights": _weights_text(model.get("weights")), "precision": key.get("precision", "?"),
+               "created": meta.get("created", "?")}  # fmt: skip
+        if name == REJECTED_FILE:
+            out["reason"] = str(meta.get("reason", "rejected"))
+        elif "seconds" in meta:
+            out["seconds"] = meta["seconds"]
+        return out
+    return {"problem": f"it holds no {META_FILE} (an unfinished engine: it is made again)"}
+
+
+def _weights_text(weights: Any) -> str:
+    """The weights' identity in a few words: a tag, a Hub id, a checkpoint's content hash."""
+    if not isinstance(weights, dict):
+        return "?"
+    kind = weights.get("kind")
+    if kind == "tag":
+        return str(weights.get("tag"))
+    if kind == "hf-hub":
+        return f"hf-hub:{weights.get('id')}"
+    if kind == "file":
+        return f"file sha256 {str(weights.get('sha256'))[:12]}"
+    return str(kind)
+
+
 def cached_tower(image_key: str, precision: str, threads: int = 0) -> Any:
     """The cached engine as an :class:`~zeroshot.towers.runtimes.OnnxTower` that needs no torch (its
     transform is Pillow-only), or None: not exported yet, rejected, or its transform needs the model."""
@@ -100,16 +151,46 @@ def tower_for(loaded: Any, precision: str, *, threads: int = 0, loading: Any = N
     from ..model.weightfiles import image_cache_key
     from .runtimes import OnnxTower, split_spec
 
-    image_key = image_cache_key(loaded)
-    found: Engine | str | None = read_engine(image_key, precision)
-    if found is None:
-        with loading.engine(loaded.spec, precision) if loading is not None else contextlib.nullcontext():
-            found = make_engine(loaded, image_key, precision)
+    found = find_or_make(loaded, image_cache_key(loaded), precision, loading=loading)
     if isinstance(found, str):
         return None, found
     split = split_preprocess(loaded.preprocess)
     preprocess = None if split_spec(split) is not None else loaded.preprocess
     return OnnxTower(found[0], split=split, preprocess=preprocess, precision=precision, threads=threads), None
+
+
+def find_or_make(
+    loaded: Any,
+    image_key: str,
+    precision: str,
+    tower: str = "image",
+    build: Callable[[Any, Path], dict] | None = None,
+    loading: Any = None,
+) -> Engine | str:
+    """The cached engine (or the reason it was rejected), else made now (:func:`make_engine`) and
+    stored. Checking the cache, making and storing hold the engine's lock, so of the runs that
+    find no engine at once, one makes it and the others wait and read it (``loading`` shows the
+    wait, then the making); a cache where the lock cannot be taken makes it unlocked."""
+    found = read_engine(image_key, precision, tower)
+    if found is not None:
+        return found
+    what = precision if tower == "image" else f"{tower}, {precision}"
+
+    def waiting() -> None:
+        if loading is not None:
+            loading.notes([f"{loaded.spec.label}: another zeroshot run is exporting its CPU engine ({what}); "
+                           "waiting for it"])  # fmt: skip
+
+    with cache.exclusive(lock_path(image_key, precision, tower), waiting):
+        found = read_engine(image_key, precision, tower)
+        if found is not None:
+            return found
+        with loading.engine(loaded.spec, what) if loading is not None else contextlib.nullcontext():
+            return make_engine(loaded, image_key, precision, tower, build)
+
+
+def _unwritable(error: BaseException) -> None:
+    cache.warn_unwritable("the CPU engine's export", error, "it is exported again on every run")
 
 
 def make_engine(
@@ -121,7 +202,7 @@ def make_engine(
     try:
         work, in_cache = Path(tempfile.mkdtemp(prefix=".export-", dir=_ensure(cache.cache_dir() / SUBDIR))), True
     except OSError as e:
-        cache.warn_unwritable("the CPU engine", e)
+        _unwritable(e)
         work, in_cache = Path(tempfile.mkdtemp(prefix="zeroshot-onnx-")), False
     began = time.perf_counter()
     try:
@@ -130,7 +211,7 @@ def make_engine(
         except OSError as e:  # the cache's disk, not the model: once more outside it
             if not in_cache:
                 raise
-            cache.warn_unwritable("the CPU engine", e)
+            _unwritable(e)
             shutil.rmtree(work, ignore_errors=True)
             work, in_cache = Path(tempfile.mkdtemp(prefix="zeroshot-onnx-")), False
             figures = _build(loaded, image_key, precision, work, tower, build)
@@ -207,7 +288,7 @@ def _store(image_key: str, precision: str, work: Path | None, meta: dict[str, An
                 raise
             shutil.rmtree(work, ignore_errors=True)
     except OSError as e:
-        cache.warn_unwritable("the CPU engine", e)
+        _unwritable(e)
     found = read_engine(image_key, precision, tower)
     if found is None:
         return str(meta.get("reason", "the engine could not be stored"))
@@ -280,17 +361,39 @@ def _one_weights_file(path: Path) -> None:
 
 
 def _quantize(source: Path, path: Path) -> None:
-    import logging
-
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from ..model.fastload import quiet_third_party
-
     big = any(p != source for p in source.parent.iterdir() if p.name.startswith(source.name))
-    with quiet_third_party():
-        logging.getLogger().setLevel(logging.ERROR)
+    with _quiet_quantizer():
         quantize_dynamic(str(source), str(path), weight_type=QuantType.QInt8, per_channel=True,
                          use_external_data_format=big)  # fmt: skip
+
+
+@contextlib.contextmanager
+def _quiet_quantizer() -> Iterator[None]:
+    """ONNX Runtime's quantizer gives advice on the root logger (which, with no handler there,
+    would install one on stderr for good) and through warnings; while it runs, its records are
+    dropped (no one else's) and nothing is installed."""
+    import logging
+    import warnings
+
+    root = logging.getLogger()
+    placeholder = logging.NullHandler() if not root.handlers else None
+
+    def not_the_quantizers(record: logging.LogRecord) -> bool:
+        return "onnxruntime" not in Path(record.pathname).parts
+
+    if placeholder is not None:
+        root.addHandler(placeholder)
+    root.addFilter(not_the_quantizers)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        root.removeFilter(not_the_quantizers)
+        if placeholder is not None:
+            root.removeHandler(placeholder)
 
 
 def _check(loaded: Any, path: Path, precision: str) -> dict[str, Any]:

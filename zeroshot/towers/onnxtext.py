@@ -107,16 +107,10 @@ class OnnxTextTower:
 def text_engine(loaded: Any, loading: Any = None) -> OnnxTextTower | None:
     """The loaded model's text tower in ONNX Runtime (exported once, cached), or None: it runs on
     torch, and a note says why (once per model, when the text side is built)."""
-    import contextlib
-
     from ..model.weightfiles import image_cache_key
-    from .onnxexport import make_engine, read_engine
+    from .onnxexport import find_or_make
 
-    key = image_cache_key(loaded)
-    found = read_engine(key, "fp32", "text")
-    if found is None:
-        with loading.engine(loaded.spec, "text, fp32") if loading is not None else contextlib.nullcontext():
-            found = make_engine(loaded, key, "fp32", "text", build=build_text)
+    found = find_or_make(loaded, image_cache_key(loaded), "fp32", "text", build=build_text, loading=loading)
     if isinstance(found, str):
         if loading is not None:
             loading.notes([f"{loaded.spec.label}: the text tower runs on torch, not ONNX Runtime: {found}"])

@@ -62,7 +62,8 @@ def default_batch_size(device: Any) -> int:
 
 @dataclass
 class DecodeOptions:
-    """How files become pixels. ``decoder``: auto (batched on CUDA, else pillow), pillow, batched."""
+    """How files become pixels. ``decoder``: auto (batched on CUDA, else pillow), pillow, batched.
+    Checked when made by the options' one definition (:mod:`zeroshot.base.options`)."""
 
     workers: int | None = None
     worker_kind: str = "process"
@@ -72,12 +73,28 @@ class DecodeOptions:
     max_bytes: int | None = DEFAULT_MAX_BYTES  # per input, 0 or None: no cap (see zeroshot.image.reading)
     timeout: float = DEFAULT_TIMEOUT  # seconds, for URLs
 
+    def __post_init__(self) -> None:
+        from ..base.options import OPTIONS
 
-def _resolve_decoder(name: str, device: Any, split: Any) -> str:
+        for name in ("workers", "jpeg_draft", "max_pixels", "max_bytes", "timeout"):
+            OPTIONS[name].check(getattr(self, name))
+        if self.timeout is None:
+            self.timeout = DEFAULT_TIMEOUT
+        _check_decoder(self.decoder)
+        if self.worker_kind not in WORKER_KINDS:
+            raise ValueError(f"worker_kind must be one of {', '.join(WORKER_KINDS)}, not {self.worker_kind!r}")
+
+
+def _check_decoder(name: Any) -> None:
     if name not in DECODERS:
         from ..base.errors import UsageError
+        from ..base.options import named
 
-        raise UsageError(f"unknown --decoder {name!r} (choose from {', '.join(DECODERS)})")
+        raise UsageError(f"unknown {named('decoder', name)} (choose from {', '.join(DECODERS)})")
+
+
+def _resolve_decoder(name: str, device: Any, split: Any) -> str:
+    _check_decoder(name)
     if name == "auto":
         name = "batched" if str(device).startswith("cuda") else "pillow"
     if name == "batched" and (split is None or split.resize is None):

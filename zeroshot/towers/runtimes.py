@@ -21,6 +21,7 @@ import os
 from enum import Enum
 from typing import Any
 
+from ..base.options import named
 from ..image.decoding import Split, SquashPilStage, StandardPilStage
 from ..model.devices import exact_fp32
 
@@ -61,19 +62,24 @@ def resolve_runtime(choice: str | None, device: str, precision: str) -> str:
 
     name = requested_runtime(choice)
     if name not in RUNTIMES:
-        raise UsageError(f"--runtime {name}: expected {', '.join(RUNTIMES)} (or ZEROSHOT_RUNTIME)")
+        raise UsageError(f"{named('runtime', name)}: expected {', '.join(RUNTIMES)} (or ZEROSHOT_RUNTIME)")
     cpu = not device.startswith("cuda")
     if name == "auto":
         name = "onnx" if cpu and precision in ("fp32", "int8") and onnxruntime_available() else "torch"
     if name == "onnx":
         if not cpu:
-            raise UsageError("--runtime onnx runs on the CPU; on CUDA use --runtime torch (auto does)")
+            raise UsageError(
+                f"{named('runtime', 'onnx')} runs on the CPU; on CUDA use {named('runtime', 'torch')} (auto does)"
+            )
         if precision not in ("fp32", "int8"):
-            raise UsageError(f"--runtime onnx runs fp32 or int8, not {precision}")
+            raise UsageError(f"{named('runtime', 'onnx')} runs fp32 or int8, not {precision}")
         if not onnxruntime_available():
-            raise UsageError("--runtime onnx needs the 'onnxruntime' package: pip install onnxruntime")
+            raise UsageError(f"{named('runtime', 'onnx')} needs the 'onnxruntime' package: pip install onnxruntime")
     elif precision == "int8":
-        raise UsageError("--precision int8 is ONNX Runtime's: use it with --runtime onnx (or auto) on the CPU")
+        raise UsageError(
+            f"{named('precision', 'int8')} is ONNX Runtime's: use it with {named('runtime', 'onnx')} (or auto) "
+            "on the CPU"
+        )
     return name
 
 

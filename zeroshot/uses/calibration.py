@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..base import cache, files
 from ..base.errors import UsageError
+from ..base.options import named, worded
 from ..model.models import ModelSpec, model_label
 from ..model.weightfiles import weights_identity
 
@@ -121,7 +122,8 @@ def load_calibration(path: str | Path) -> Calibration:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CalibrationFileError(f"{where}: not readable JSON ({e})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise CalibrationFileError(f"{where}: not a zeroshot calibration file (write one with eval --calibrate)")
+        how = worded(cli="eval --calibrate", library="zeroshot.uses.calibration.calibrate_on")
+        raise CalibrationFileError(f"{where}: not a zeroshot calibration file (write one with {how})")
     if data.get("format_version") != FORMAT_VERSION:
         raise CalibrationFileError(f"{where}: format version {data.get('format_version')!r}, expected {FORMAT_VERSION}")
     a, b, ident = data.get("a"), data.get("b"), data.get("weights_identity")
@@ -148,7 +150,7 @@ def check_calibration_model(cal: Calibration, spec: ModelSpec) -> None:
     if not spec.matches(cal.model, cal.identity):
         raise CalibrationFileError(
             f"calibration file {cal.path} was fitted for {cal.model_label}, but this run uses {spec.label}: "
-            "fit one for this model with eval --calibrate"
+            f"fit one for this model with {worded(cli='eval --calibrate', library='calibrate_on')}"
         )
 
 
@@ -163,7 +165,7 @@ def calibrate_on(
     from .ranking import multilabel_scores
 
     if len(run.labels) < 2 or len(text.classes) < 2:
-        raise UsageError("--calibrate needs at least 2 labelled images and 2 classes")
+        raise UsageError(f"{named('calibrate')} needs at least 2 labelled images and 2 classes")
     sims = run.sims(text)
     a, b = fit_platt(sims, run.labels, init_scale=loaded.logit_scale)
     present = F.one_hot(run.labels, len(text.classes)).bool()

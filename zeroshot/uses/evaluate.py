@@ -33,11 +33,18 @@ class Labelled:
 
 
 def _norm(name: str) -> str:
-    """Folder names cannot hold '/', so 't-shirt/top' must match a folder 't-shirt_top'."""
-    return re.sub(r"[^0-9a-z]+", "", name.lower())
+    """A class name's letters and digits, any script, case folded: folder names cannot hold '/',
+    so 't-shirt/top' must match a folder 't-shirt_top'."""
+    return re.sub(r"[\W_]+", "", name.casefold())
 
 
-def folder_classes(folder: Path) -> list[str]:
+def class_of_folder(name: str) -> str:
+    """The class a sub-folder names, as users name folders: ``ankle_boot`` is "ankle boot" (runs of
+    underscores and spaces become one space; hyphens stay, as in "t-shirt")."""
+    return " ".join(name.replace("_", " ").split())
+
+
+def _class_folders(folder: Path) -> list[str]:
     if not folder.is_dir():
         raise UsageError(f"{folder}: not a folder (eval needs one sub-folder per class)")
     subs = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -46,10 +53,27 @@ def folder_classes(folder: Path) -> list[str]:
     return subs
 
 
+def folder_classes(folder: Path) -> list[str]:
+    """The classes of a folder of class sub-folders, in the sub-folders' order (sorted by name),
+    each as :func:`class_of_folder` reads its name: the prompts' labels and the records' labels.
+    Two sub-folders that name one class are an error."""
+    subs = _class_folders(folder)
+    classes = [class_of_folder(s) for s in subs]
+    seen: dict[str, str] = {}
+    for sub, cls in zip(subs, classes, strict=True):
+        if not _norm(cls):
+            raise UsageError(f"{folder}: sub-folder {sub!r} names no class (no letter or digit)")
+        if _norm(cls) in seen:
+            raise UsageError(f"{folder}: sub-folders {seen[_norm(cls)]!r} and {sub!r} name the same class")
+        seen[_norm(cls)] = sub
+    return classes
+
+
 def folder_items(folder: Path, classes: tuple[str, ...]) -> Iterator[Labelled]:
-    """Images under each class sub-folder, labelled by the class its folder name matches."""
+    """Images under each class sub-folder, labelled by the class its folder name matches (letters
+    and digits alike: ``ankle_boot`` is "ankle boot", ``t-shirt_top`` is "t-shirt/top")."""
     index = {_norm(c): i for i, c in enumerate(classes)}
-    subs = folder_classes(folder)
+    subs = _class_folders(folder)
     unknown = [s for s in subs if _norm(s) not in index]
     if unknown:
         raise UsageError(

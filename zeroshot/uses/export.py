@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..base import cache, files
 from ..base.errors import UsageError
+from ..base.options import worded
 from ..model.models import ModelSpec, model_label
 from ..model.weightfiles import weights_identity
 from ..text.prompts import ClassPrompts, PromptSet, validate_classes
@@ -133,7 +134,8 @@ def load_classifier(path: str | Path) -> ClassifierFile:
     except OSError as e:
         raise ClassifierFileError(f"{where}: cannot read ({e.strerror or e})") from None
     if meta.get("format") != FORMAT:
-        raise ClassifierFileError(f"{where}: not a zeroshot classifier file (write one with build-prompts -o FILE)")
+        how = worded(cli="build-prompts -o FILE", library="zeroshot.uses.export.save_classifier")
+        raise ClassifierFileError(f"{where}: not a zeroshot classifier file (write one with {how})")
     if meta.get("format_version") != FORMAT_VERSION:
         raise ClassifierFileError(
             f"{where}: format version {meta.get('format_version')!r}, this zeroshot reads {FORMAT_VERSION}"

@@ -10,12 +10,16 @@ it is made, like stdout.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
+import os
 import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING, Any, cast
+from typing import IO, TYPE_CHECKING, Any, cast
 
 from .ranking import Record
 
@@ -35,6 +39,74 @@ class Format(str, Enum):
 
 FORMATS = tuple(f.value for f in Format)
 CSV_COLUMNS = ["path", "label", "score", "error", "top_k"]
+# What a file name's extension says its records are (a table has none of its own); the Ray
+# engine's folders may be named for theirs too (``out.parquet/``).
+EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+
+
+def format_named(path: str | os.PathLike[str] | None) -> str | None:
+    """The format a known extension of ``path`` names (case aside), or None: no path, ``-``, or an
+    extension that says nothing (``.txt``, ``.gz``, none)."""
+    if path is None:
+        return None
+    return EXTENSIONS.get(os.path.splitext(os.fspath(path))[1].lower())
+
+
+@dataclass
+class Tally:
+    """What a run's records stand for, counted as they are written: inputs (an image, a file that
+    could not be read, a video whatever its sampled frames) and video frames, and how many of each
+    could not be classified. A video's frames are consecutive records of its path with rising times,
+    so the same video named twice in a row is two inputs."""
+
+    inputs: int = 0
+    failed: int = 0  # inputs whose one record is an error (an image, a video that could not be read)
+    frames: int = 0
+    failed_frames: int = 0
+    video: tuple[str, float] | None = None  # the last frame's path and time: its video goes on from there
+
+    def add(self, record: Record | dict[str, Any]) -> None:
+        time = record.get("time")
+        if time is None:
+            self.inputs += 1
+            self.failed += "error" in record
+            self.video = None
+            return
+        if self.video is None or self.video[0] != record["path"] or time <= self.video[1]:
+            self.inputs += 1  # a video's first frame
+        self.video = (record["path"], float(time))
+        self.frames += 1
+        self.failed_frames += "error" in record
+
+    @property
+    def any_failed(self) -> bool:
+        return bool(self.failed or self.failed_frames)
+
+    def line(self) -> str:
+        """``3 of 6 inputs could not be classified`` (and video frames, counted apart, when some failed)."""
+        parts = [f"{self.failed:,} of {self.inputs:,} inputs"] if self.failed or not self.failed_frames else []
+        if self.failed_frames:
+            parts.append(f"{self.failed_frames:,} of {self.frames:,} video frames")
+        return " and ".join(parts) + " could not be classified"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"inputs": self.inputs, "failed": self.failed, "frames": self.frames,
+                "failed_frames": self.failed_frames, "video": list(self.video) if self.video else None}  # fmt: skip
+
+    @classmethod
+    def kept(cls, data: dict[str, Any] | None, records: int, errors: int) -> Tally:
+        """A side file's tally from its mark; a mark of an older version (or one without it) counts
+        records only, and each then stands for one input."""
+        try:
+            return cls.from_dict(data or {})
+        except (KeyError, TypeError, ValueError, IndexError):
+            return cls(records, errors)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Tally:
+        video = data.get("video")
+        return cls(int(data["inputs"]), int(data["failed"]), int(data["frames"]), int(data["failed_frames"]),
+                   (str(video[0]), float(video[1])) if video else None)  # fmt: skip
 
 
 def apply_min_score(record: Record, min_score: float | None) -> Record:
@@ -42,6 +114,21 @@ def apply_min_score(record: Record, min_score: float | None) -> Record:
     if min_score is not None and "error" not in record and record["score"] < min_score:
         return {**record, "label": None}
     return record
+
+
+def write_all(out: IO[bytes], data: bytes) -> None:
+    """Write every byte of ``data``. Unbuffered stdout (``python -u``, ``PYTHONUNBUFFERED``) is a raw
+    file whose ``write`` may take only part (a pipe whose reader left mid-write): the rest is written
+    again, and a reader that has gone raises BrokenPipeError (exit 141) instead of being lost."""
+    view = memoryview(data)
+    while view:
+        written = out.write(view)
+        if written is None:  # a non-blocking stream that is full: wait until it takes more
+            import select
+
+            select.select([], [out.fileno()], [])
+            continue
+        view = view[written:]
 
 
 def _json_line(record: Record | dict[str, Any]) -> bytes:
@@ -81,12 +168,14 @@ class RecordWriter:
         self.held = bytearray()  # this batch's bytes, for the side file
         self.held_paths: list[str] = []
         self.held_errors = 0
+        self.tally = Tally()  # every record of the run, a resumed run's kept ones included
         self.out = sys.stdout.buffer
         self.flush_each = True
         if partial is not None:  # bytes are held per batch (_emit), then go to the side file
             self.flush_each = False
             self.count = partial.records
             self.rows = [cast(Record, r) for r in partial.kept]
+            self.tally = Tally.kept(partial.tally, partial.records, partial.errors)
         elif dest is not None and not dest.stdout:
             self.file = dest.open()
             self.out = self.file.stream
@@ -102,21 +191,42 @@ class RecordWriter:
         csv.writer(buf, lineterminator="\n").writerow(values)
         self._emit(buf.getvalue().encode("utf-8", "backslashreplace"))
 
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """A write that fails (a full disk, a file over the size limit) is one OutputError naming
+        where the records go; a reader that went away stays a BrokenPipeError (exit 141, quietly)."""
+        try:
+            yield
+        except BrokenPipeError:
+            raise
+        except OSError as e:
+            from ..base.errors import OutputError
+
+            where = self.dest.named if self.dest is not None and not self.dest.stdout else "the records to stdout"
+            raise OutputError(f"cannot write {where}: {e.strerror or e}") from None
+
     def _emit(self, data: bytes) -> None:
         if self.partial is not None:
             self.held += data
             return
-        self.out.write(data)
+        write_all(self.out, data)
         if self.flush_each:
             self.out.flush()
 
     def batch_done(self) -> None:
         """The records of one model batch are all written: into the side file with them."""
         if self.partial is not None and (self.held or self.held_paths):
-            self.partial.append_batch(bytes(self.held), self.held_paths, self.held_errors)
+            self.partial.tally = self.tally.to_dict()  # what the mark counts: the records up to here
+            with self._writing():
+                self.partial.append_batch(bytes(self.held), self.held_paths, self.held_errors)
             self.held, self.held_paths, self.held_errors = bytearray(), [], 0
 
     def write(self, record: Record) -> None:
+        with self._writing():
+            self._write(record)
+
+    def _write(self, record: Record) -> None:
+        self.tally.add(record)
         if self.partial is not None:
             self.held_paths.append(record["path"])
             self.held_errors += "error" in record
@@ -151,6 +261,10 @@ class RecordWriter:
     def close(self) -> None:
         """Finish the output (closing bracket, table) and move the file into place."""
         self.batch_done()
+        with self._writing():
+            self._close()
+
+    def _close(self) -> None:
         if self.fmt == "json":
             self._emit(b"[]\n" if self.count == 0 else b"\n]\n")
         if self.partial is not None:
