@@ -215,7 +215,7 @@ def test_the_library_takes_one_path_as_one_input(fake_model, tmp_path):
         records = list(zs.classify(one, text, workers=0))
         assert [r["path"] for r in records] == [str(one)]
     assert [r["path"] for r in zs.classify([str(image), image], text, workers=0)] == [str(image)] * 2
-    with pytest.raises(TypeError, match="paths must be a path or an iterable of paths, not int"):
+    with pytest.raises(TypeError, match=r"images must be an image \(.*\) or an iterable of them, not int"):
         zs.classify(42, text)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="not int"):
         list(zs.classify([str(image), 7], text, workers=0))  # type: ignore[list-item]

@@ -99,9 +99,11 @@ LAYERS = {
     "uses": 4,
     "assembly": 5,
     "engines": 6,
+    "client": 6,  # zeroshot.Client and classify --server's sender: the standard library and base only
     "api": 7,  # the package itself: the library's API
-    "cli": 8,
-    "__main__": 9,
+    "serve": 8,  # the HTTP face: routes, batching and limits over the library
+    "cli": 9,
+    "__main__": 10,
 }
 
 

@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -28,8 +29,10 @@ def classify(*args: object, cwd: Path, inputs: list[object] | None = None) -> su
 
 
 def test_a_known_extension_chooses_the_format_and_a_disagreeing_format_is_named(work):
-    for name in ("out.csv", "out.json", "out.ndjson", "out.JSONL", "out.txt"):
-        done = classify(*FASHION, "-o", name, cwd=work)
+    names = ("out.csv", "out.json", "out.ndjson", "out.JSONL", "out.txt")
+    with ThreadPoolExecutor(2) as pool:  # independent runs, mostly interpreter start-up: two at a time
+        runs = list(pool.map(lambda name: classify(*FASHION, "-o", name, cwd=work), names))
+    for name, done in zip(names, runs, strict=True):
         assert done.returncode == 0 and done.stderr == "", (name, done.stderr)
     rows = list(csv.DictReader(io.StringIO((work / "out.csv").read_text())))
     assert len(rows) == 40 and rows[0]["path"].endswith(".png") and json.loads(rows[0]["top_k"])

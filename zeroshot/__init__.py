@@ -9,7 +9,10 @@ Library use, without the CLI::
         print(record["label"], record["score"])
 
 The text side can also be a prompt pack's name (``clf.classify(paths, "cifar10")``), a
-:class:`PromptSet`, or a text classifier made once and reused (``clf.text_classifier(...)``).
+:class:`PromptSet`, or a text classifier made once and reused (``clf.text_classifier(...)``); or
+the CLI's options by name (``clf.classify(images, labels=["cat", "dog"])``, ``dataset="cifar10"``).
+Images may be held in memory (a PIL image, a file's bytes, a numpy array) as well as paths, and
+``clf.embed_images(...)`` / ``clf.embed_texts(...)`` give the unit embeddings search is built on.
 
 Importing this package does not import torch; loading a model does.
 """
@@ -30,9 +33,11 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 __all__ = [
+    "Client",
     "ModelLoadError",
     "PromptError",
     "PromptSet",
+    "ServerError",
     "UsageError",
     "Zeroshot",
     "ZeroshotError",
@@ -40,6 +45,16 @@ __all__ = [
     "load_pack",
     "resolve_prompt_set",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """``zeroshot.Client`` and ``zeroshot.ServerError`` (a ``zeroshot serve``'s client), imported
+    when first asked for: ``import zeroshot`` stays without http.client and its email parsers."""
+    if name in ("Client", "ServerError"):
+        from . import client
+
+        return getattr(client, name)
+    raise AttributeError(f"module 'zeroshot' has no attribute {name!r}")
 
 
 class Zeroshot:
@@ -125,9 +140,14 @@ class Zeroshot:
 
     def classify(
         self,
-        paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
-        text: Any,
+        images: Any,
+        text: Any = None,
         *,
+        labels: Iterable[str] | None = None,
+        dataset: str | None = None,
+        templates: str | os.PathLike[str] | Iterable[str] | None = None,
+        labels_file: str | os.PathLike[str] | None = None,
+        names: Iterable[str | None] | None = None,
         top_k: int = 5,
         batch_size: int = 32,
         workers: int | None = None,
@@ -148,32 +168,40 @@ class Zeroshot:
         animated_as_video: bool = False,
         max_video_bytes: int | None = None,
     ) -> Iterator[Record]:
-        """One record per path (files or folders), in order, as the CLI prints them; a video gives
-        one per frame sampled ``every`` seconds (at most ``max_frames``), or one with ``per_video``.
+        """One record per image (a file, or one held in memory; a folder gives one per file in it),
+        in order, as the CLI prints them; a video gives one per frame sampled ``every`` seconds (at
+        most ``max_frames``), or one with ``per_video``.
 
-        ``paths`` is one path (a ``str`` or ``os.PathLike``: one input, never its characters) or an
-        iterable of them, consumed lazily; anything else is a ``TypeError``. ``-`` is a file name
-        here (the library reads no stdin).
+        ``images`` is one image or an iterable of them, consumed lazily; anything else is a
+        ``TypeError``. An image is a path (a ``str`` or ``os.PathLike``: one input, never its
+        characters; ``-`` is a file name here, the library reads no stdin; ``http(s)://`` URLs are
+        fetched), or one held in memory: a file's encoded bytes (``bytes``, ``bytearray``,
+        ``memoryview``), a PIL image, or a uint8 numpy array (HxW grey, HxWx3 RGB, HxWx4 RGBA). In-memory
+        images get the caps files get (``max_bytes`` on bytes, ``max_pixels``) and the same decoding,
+        so a file's bytes give the file's record; their record's ``path`` is ``names[i]`` when given,
+        else ``image-N`` (``i``, ``N``: the image's index in ``images``). A bad one is its error record.
 
-        ``text`` is what the images are scored against: a list of labels (``["cat", "dog"]``,
+        What the images are scored against, one way: ``text``, a list of labels (``["cat", "dog"]``,
         prompted with the default templates), a prompt pack's name (``"cifar10"``), a
-        :class:`PromptSet`, or a text classifier from :meth:`text_classifier` or :meth:`adapt`.
+        :class:`PromptSet`, or a text classifier from :meth:`text_classifier` or :meth:`adapt`; or the
+        CLI's ``--label``/``--labels``/``--dataset``/``--templates`` as ``labels`` (a list of names, the
+        Hugging Face pipeline's ``candidate_labels``), ``labels_file``, ``dataset`` (a pack's name:
+        its classes, or with ``labels`` its templates over those) and ``templates`` (a YAML file's
+        path, as ``--templates``, or the templates themselves as a list of strings with ``{label}``).
 
-        The keyword arguments are the CLI's options of the same names (``--top-k``, ``--workers``,
-        ``--max-bytes``, ``--every``, ``--animated-as-video``, ...), checked by the same definition
-        (:mod:`zeroshot.base.options`): a value the CLI refuses raises :class:`UsageError` here, at
-        the call. None is an option's default: ``max_bytes`` 512 MiB, ``max_pixels`` 178,956,970,
-        ``timeout`` 20 s; 0 means no limit. Videos are capped by ``max_video_bytes``, else by
-        ``max_bytes`` when given, else at 64 GiB. Paths may be ``http(s)://`` URLs. ``image_cache`` is
-        an :class:`~zeroshot.image.imagecache.ImageEmbeddingCache`; ``calibration`` a
+        The other keyword arguments are the CLI's options of the same names (``--top-k``,
+        ``--workers``, ``--max-bytes``, ``--every``, ``--animated-as-video``, ...), checked by the
+        same definition (:mod:`zeroshot.base.options`): a value the CLI refuses raises
+        :class:`UsageError` here, at the call. None is an option's default: ``max_bytes`` 512 MiB,
+        ``max_pixels`` 178,956,970, ``timeout`` 20 s; 0 means no limit. Videos (paths only) are capped
+        by ``max_video_bytes``, else by ``max_bytes`` when given, else at 64 GiB. ``image_cache`` is
+        an :class:`~zeroshot.image.imagecache.ImageEmbeddingCache` (files and encoded bytes are kept
+        by content; PIL images and arrays are never stored); ``calibration`` a
         :class:`~zeroshot.uses.calibration.Calibration` or a path to one. Combinations the CLI
         refuses (``threshold`` without ``multi_label``, ``min_score`` with it) raise here too.
         """
         from .assembly import multi_label_from
-        from .base.options import check, video_cap
-        from .image import video
-        from .image.images import iter_inputs
-        from .towers.pipeline import DecodeOptions, ImageEncoder
+        from .base.options import check
         from .uses.calibration import resolve_multilabel
         from .uses.output import apply_min_score
         from .uses.records import encoded_records
@@ -183,8 +211,8 @@ class Zeroshot:
                      threshold=threshold, background=background, min_score=min_score, every=every,
                      max_frames=max_frames, per_video=per_video, animated_as_video=animated_as_video,
                      max_video_bytes=max_video_bytes)  # fmt: skip
-        text = self._text_for(text)
-        inputs = _input_paths(paths)
+        text = self._text_for(text, labels=labels, dataset=dataset, templates=templates, labels_file=labels_file)
+        inputs = _image_inputs(images, names)
         rule = None
         wanted = multi_label_from(multi_label, threshold, background, calibration, min_score)
         if wanted is not None:
@@ -192,17 +220,10 @@ class Zeroshot:
                 self.spec, text.prompt_set, lambda: self.loaded, threshold=wanted.threshold,
                 background=wanted.background, calibration=wanted.calibration,
             )  # fmt: skip
-        from .base.options import DEFAULT_MAX_BYTES
-
-        options = DecodeOptions(workers=workers, decoder=decoder, jpeg_draft=jpeg_draft,
-                                max_bytes=DEFAULT_MAX_BYTES if max_bytes is None else max_bytes,
-                                max_pixels=opts["max_pixels"], timeout=opts["timeout"])  # fmt: skip
-        cap, cap_option = video_cap(max_bytes, max_video_bytes)
-        frames = video.VideoOptions(every=every, max_frames=max_frames, animated=animated_as_video, max_bytes=cap,
-                                    cap_option=cap_option, max_pixels=options.max_pixels,
-                                    timeout=options.timeout)  # fmt: skip
-        encoder = ImageEncoder(self.image_tower(), batch_size=batch_size, image_cache=image_cache, options=options)
-        batches = encoder.batches(video.expand(iter_inputs(inputs), frames))
+        batches = self._batches(inputs, batch_size=batch_size, workers=workers, decoder=decoder, jpeg_draft=jpeg_draft,
+                                max_bytes=max_bytes, timeout=opts["timeout"], image_cache=image_cache,
+                                max_pixels=opts["max_pixels"], every=every, max_frames=max_frames,
+                                animated_as_video=animated_as_video, max_video_bytes=max_video_bytes)  # fmt: skip
         if per_video:
             from .uses.clips import video_record_batches
 
@@ -213,47 +234,205 @@ class Zeroshot:
             records = encoded_records(batches, text.weights, self.loaded.logit_scale, text.classes, top_k, rule)
         return (apply_min_score(record, min_score) for record in records)
 
-    def _text_for(self, text: Any) -> Any:
-        """:meth:`classify`'s ``text`` as a text classifier (see there for what it may be)."""
+    def embed_images(
+        self,
+        images: Any,
+        *,
+        names: Iterable[str | None] | None = None,
+        batch_size: int = 32,
+        workers: int | None = None,
+        decoder: str = "auto",
+        jpeg_draft: bool = False,
+        max_bytes: int | None = None,
+        timeout: float | None = None,
+        image_cache: Any = None,
+        max_pixels: int | None = None,
+        every: float = 1.0,
+        max_frames: int | None = None,
+        animated_as_video: bool = False,
+        max_video_bytes: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """One entry per image, in order, for the same ``images`` (and ``names``) :meth:`classify`
+        takes, decoded the same way: ``{"path", "embedding"}`` (a float32 numpy array [D] of unit
+        length: the features :meth:`classify` scores, L2-normalized) or ``{"path", "error"}``. A
+        video's sampled frames carry ``time`` and ``frame`` as their records do. The options are
+        :meth:`classify`'s of the same names."""
+        from .base.options import check
+
+        opts = check(batch_size=batch_size, workers=workers, jpeg_draft=jpeg_draft, max_bytes=max_bytes,
+                     timeout=timeout, max_pixels=max_pixels, every=every, max_frames=max_frames,
+                     animated_as_video=animated_as_video, max_video_bytes=max_video_bytes)  # fmt: skip
+        batches = self._batches(_image_inputs(images, names), batch_size=batch_size, workers=workers,
+                                decoder=decoder, jpeg_draft=jpeg_draft, max_bytes=max_bytes, timeout=opts["timeout"],
+                                image_cache=image_cache, max_pixels=opts["max_pixels"], every=every,
+                                max_frames=max_frames, animated_as_video=animated_as_video,
+                                max_video_bytes=max_video_bytes)  # fmt: skip
+        return [entry for batch in batches for entry in _embedding_entries(batch)]
+
+    def embed_texts(self, texts: Iterable[str]) -> Any:
+        """Raw texts (no templates) -> float32 numpy [N, D], each row of unit length: the text tower
+        a text classifier is built with (torch, or ONNX Runtime where this model's text side runs
+        there). A text longer than the model reads is a :class:`PromptError`."""
+        import numpy as np
+
+        from .text.classifier import encode_texts
+
+        if isinstance(texts, str | bytes):
+            raise TypeError("texts must be a list of strings, not one string")
+        given = list(texts)
+        bad = [t for t in given if not isinstance(t, str)]
+        if bad:
+            raise TypeError(f"each text must be a string, not {type(bad[0]).__name__}: {bad[0]!r}")
+        if not given:
+            return np.zeros((0, self.loaded.embed_dim), dtype=np.float32)
+        engine = self.loaded.text_engine() if self.loaded.text_engine is not None else None
+        rows = encode_texts(self.loaded, given, engine=engine)
+        return rows.float().cpu().numpy().astype(np.float32, copy=False)
+
+    def _batches(
+        self, inputs: Iterator[Any], *, batch_size: int, workers: int | None, decoder: str, jpeg_draft: bool,
+        max_bytes: int | None, timeout: float, image_cache: Any, max_pixels: int | None, every: float,
+        max_frames: int | None, animated_as_video: bool, max_video_bytes: int | None,
+    ) -> Iterator[Any]:  # fmt: skip
+        """``classify``'s and ``embed_images``' inputs through the image core: encoded batches. A
+        path's videos become their sampled frames; an image in memory is one input as it is."""
+        from .base.options import DEFAULT_MAX_BYTES, video_cap
+        from .image import video
+        from .image.images import iter_inputs
+        from .towers.pipeline import DecodeOptions, ImageEncoder
+
+        options = DecodeOptions(workers=workers, decoder=decoder, jpeg_draft=jpeg_draft,
+                                max_bytes=DEFAULT_MAX_BYTES if max_bytes is None else max_bytes,
+                                max_pixels=max_pixels, timeout=timeout)  # fmt: skip
+        cap, cap_option = video_cap(max_bytes, max_video_bytes)
+        frames = video.VideoOptions(every=every, max_frames=max_frames, animated=animated_as_video, max_bytes=cap,
+                                    cap_option=cap_option, max_pixels=options.max_pixels,
+                                    timeout=options.timeout)  # fmt: skip
+
+        def expanded() -> Iterator[Any]:
+            for item in inputs:
+                yield from [item] if not isinstance(item, str) else video.expand(iter_inputs([item]), frames)
+
+        encoder = ImageEncoder(self.image_tower(), batch_size=batch_size, image_cache=image_cache, options=options)
+        return encoder.batches(expanded())
+
+    def _text_for(
+        self, text: Any, *, labels: Any = None, dataset: str | None = None, templates: Any = None,
+        labels_file: Any = None,
+    ) -> Any:  # fmt: skip
+        """:meth:`classify`'s text side as a text classifier (see there for what it may be)."""
+        from .base.options import named
+
+        given = [name for name, value in (("labels", labels), ("labels_file", labels_file), ("dataset", dataset),
+                                          ("templates", templates)) if value is not None]  # fmt: skip
+        if text is not None and given:
+            raise UsageError(
+                f"give text or {' / '.join(named(n) for n in given)}, not both: text is the whole text side "
+                "(labels, a pack's name, a PromptSet or a text classifier)"
+            )
+        if text is None and given:
+            return self.text_classifier(_prompt_set(labels, labels_file, dataset, templates))
         if hasattr(text, "weights") and hasattr(text, "classes"):  # a TextClassifier (or one adapted)
             return text
         if isinstance(text, PromptSet):
             return self.text_classifier(text)
         if isinstance(text, str):
             return self.text_classifier(resolve_prompt_set(dataset=text))
+        wrong = (
+            "text must be labels (a list of strings), a prompt pack's name, a PromptSet or a text classifier "
+            "(or give labels=, dataset= or labels_file=)"
+        )
         if isinstance(text, bytes | os.PathLike) or text is None:
-            raise TypeError(
-                "text must be labels (a list of strings), a prompt pack's name, a PromptSet or a text classifier, "
-                f"not {type(text).__name__}"
-            )
+            raise TypeError(f"{wrong}, not {type(text).__name__}")
         try:
-            labels = list(text)
+            listed = list(text)
         except TypeError:
-            raise TypeError(
-                "text must be labels (a list of strings), a prompt pack's name, a PromptSet or a text classifier, "
-                f"not {type(text).__name__}"
-            ) from None
-        bad = [x for x in labels if not isinstance(x, str)]
+            raise TypeError(f"{wrong}, not {type(text).__name__}") from None
+        bad = [x for x in listed if not isinstance(x, str)]
         if bad:
             raise TypeError(f"each label must be a string, not {type(bad[0]).__name__}: {bad[0]!r}")
-        return self.text_classifier(resolve_prompt_set(labels=labels))
+        return self.text_classifier(resolve_prompt_set(labels=listed))
 
 
-def _input_paths(paths: Any) -> Iterator[str]:
-    """``classify``'s inputs as path strings: one path alone, or each of an iterable's (checked as
-    they come). A string is one path: iterating it would make an input of each character, and
-    ``/`` among them would walk the whole filesystem. A wrong type raises here, at the call."""
-    if isinstance(paths, (str, bytes, os.PathLike)):
-        return iter([os.fsdecode(paths)])
-    try:
-        items = iter(paths)
-    except TypeError:
-        raise TypeError(f"paths must be a path or an iterable of paths, not {type(paths).__name__}") from None
+def _prompt_set(labels: Any, labels_file: Any, dataset: str | None, templates: Any) -> PromptSet:
+    """The CLI's ``--label``/``--labels``/``--dataset``/``--templates`` as the library takes them
+    (``labels`` a list of names, ``templates`` a file or a list of templates) -> one prompt set."""
+    from .base.options import named
+    from .text.promptcheck import validate_templates
 
-    def checked() -> Iterator[str]:
-        for item in items:
-            if not isinstance(item, (str, bytes, os.PathLike)):
-                raise TypeError(f"each of paths must be a str or os.PathLike, not {type(item).__name__}: {item!r}")
-            yield os.fsdecode(item)
+    if labels is not None:
+        if isinstance(labels, str | bytes):
+            raise UsageError(f"{named('labels')} must be a list of labels, not one string: {labels!r}")
+        labels = list(labels)
+        bad = [x for x in labels if not isinstance(x, str)]
+        if bad:
+            raise UsageError(f"each of {named('labels')} must be a string, not {type(bad[0]).__name__}: {bad[0]!r}")
+    if dataset is not None and not isinstance(dataset, str):
+        raise UsageError(f"{named('dataset')} must be a prompt pack's name, not {type(dataset).__name__}")
+    template_file = os.fsdecode(templates) if isinstance(templates, str | os.PathLike) else None
+    prompt_set = resolve_prompt_set(dataset=dataset, labels_file=labels_file, labels=labels or (),
+                                    templates_file=template_file)  # fmt: skip
+    if templates is None or template_file is not None:
+        return prompt_set
+    if isinstance(templates, bytes):
+        raise UsageError(f"{named('templates')} must be a file or a list of templates, not bytes")
+    listed = validate_templates(list(templates), named("templates"))
+    base = "labels" if labels or labels_file is not None else prompt_set.name
+    return prompt_set.with_templates(listed, name=f"{base}+templates")
+
+
+def _image_inputs(images: Any, names: Any = None) -> Iterator[Any]:
+    """``classify``'s images as inputs, lazily: a path as its string (expanded later: folders,
+    videos), an image in memory as a :class:`~zeroshot.image.images.MemoryInput` named
+    ``names[i]`` or ``image-N``. One path or one image alone is one input: iterating a string would
+    make an input of each character (and ``/`` among them would walk the whole filesystem), an
+    array its rows. A wrong type raises here, at the call (an item of the wrong type, when reached)."""
+    from .image.images import MEMORY_KINDS, is_in_memory, memory_input
+
+    listed = None if names is None else list(names)
+    if listed is not None and any(n is not None and not isinstance(n, str) for n in listed):
+        raise TypeError("names must be strings (or None where an image is a path)")
+    if isinstance(images, str | os.PathLike) or is_in_memory(images):
+        items: Iterator[Any] = iter([images])
+    else:
+        try:
+            items = iter(images)
+        except TypeError:
+            raise TypeError(f"images must be an image ({MEMORY_KINDS}) or an iterable of them, "
+                            f"not {type(images).__name__}") from None  # fmt: skip
+    if listed is not None and hasattr(images, "__len__") and not isinstance(images, str | os.PathLike) \
+            and not is_in_memory(images) and len(images) != len(listed):  # fmt: skip
+        raise UsageError(f"names has {len(listed)} entries for {len(images)} images")
+
+    def checked() -> Iterator[Any]:
+        for i, item in enumerate(items):
+            if isinstance(item, str | os.PathLike):
+                yield os.fsdecode(item)
+            elif is_in_memory(item):
+                if listed is not None and i >= len(listed):
+                    raise UsageError(f"names has {len(listed)} entries: too few for the images")
+                name = listed[i] if listed is not None and listed[i] is not None else f"image-{i}"
+                yield memory_input(name, item)
+            else:
+                raise TypeError(f"each image must be {MEMORY_KINDS}, not {type(item).__name__}: {item!r}"[:300])
 
     return checked()
+
+
+def _embedding_entries(batch: list[Any]) -> list[dict[str, Any]]:
+    """Encoded inputs -> ``{"path", "embedding"}`` (float32, L2-normalized as scoring normalizes:
+    in float64, the same floor on the norm) or ``{"path", "error"}``, in order."""
+    import numpy as np
+
+    from .image.video import with_time
+    from .uses.records import stacked
+
+    good = [e for e in batch if e.feature is not None]
+    rows = iter(())
+    if good:
+        feats = stacked([e.feature for e in good]).astype(np.float64)
+        unit = feats / np.maximum(np.linalg.norm(feats, axis=-1, keepdims=True), 1e-12)
+        rows = iter(unit.astype(np.float32))
+    entries = [{"path": e.input.path, "embedding": next(rows)} if e.feature is not None
+               else {"path": e.input.path, "error": e.error or "unknown error"} for e in batch]  # fmt: skip
+    return [with_time(entry, e.input) for entry, e in zip(entries, batch, strict=True)]

@@ -2,7 +2,6 @@
 fast exit). One module per command group; :mod:`.app` owns errors and exit codes, :mod:`.common`
 the shared options and display."""
 
-from . import adapting, build, classify, evaluation, listing  # noqa: F401  (registers the commands on app)
+from . import adapting, build, classify, evaluation, listing, serve  # noqa: F401  (registers the commands on app)
 from .app import app, main, run
-
 __all__ = ["app", "main", "run"]

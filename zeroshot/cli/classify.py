@@ -182,6 +182,14 @@ def classify(
         float | None,
         typer.Option("--cpus-per-worker", min=0, help="With --engine ray: CPUs per actor (default 1)."),
     ] = None,
+    server: Annotated[
+        str | None,
+        typer.Option(
+            "--server",
+            help="Send the images to a zeroshot serve at URL (http://HOST:PORT) and print its records as a local "
+            "run would; the server's model runs (API key from ZEROSHOT_API_KEY).",
+        ),
+    ] = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Classify images and videos; one JSON record per input (per sampled video frame) on stdout, in order.
@@ -203,6 +211,32 @@ def classify(
     if per_video and resume:
         raise UsageError("--resume does not go with --per-video: give frame records (no --per-video) to a long run")
     rule_options = multi_label_from(multi_label, threshold, background, calibration, min_score)
+    if server is not None:
+        from .remote import classify_on_server, refuse_local_only
+
+        refuse_local_only({
+            "--model": model is not None, "--pretrained": pretrained is not None,
+            "--preprocess": preprocess is not None, "--device": device != "auto",
+            "--precision": precision is not Precision.AUTO, "--runtime": runtime is not None,
+            "--classifier": classifier is not None, "--calibration": calibration is not None,
+            "--cache-images": cache_images, "--engine ray": engine is Engine.RAY, "--report": report is not None,
+            "--manifest": manifest is not None, "--resume": resume, "--per-video": per_video,
+            "--every": every != 1.0, "--max-frames": max_frames is not None, "--animated-as-video": animated,
+            "--max-video-bytes": max_video_bytes is not None, "--batch-size": batch_size is not None,
+            "--workers": workers is not None, "--decoder": decoder is not Decoder.AUTO, "--jpeg-draft": jpeg_draft,
+            "--max-pixels": max_pixels != DEFAULT_MAX_PIXELS,
+        })  # fmt: skip
+        tally = classify_on_server(
+            server, inputs, prompt_set_from(dataset, labels, label, templates), dataset=dataset, top_k=top_k,
+            multi_label=rule_options, min_score=min_score, fmt=record_format(fmt.value if fmt else None, output,
+            ray=False), output=output, null=null, max_bytes=DEFAULT_MAX_BYTES if max_bytes is None else max_bytes,
+            timeout=timeout,
+        )  # fmt: skip
+        if tally.any_failed:
+            if not quiet:
+                sys.stderr.write(f"zeroshot: {tally.line()}\n")
+            raise typer.Exit(1)
+        return
     classifier_file = open_classifier_file(classifier, labels, label, dataset, templates)
     video_cap, cap_option = video_cap_of(max_bytes, max_video_bytes)
     run = ClassifyRun(

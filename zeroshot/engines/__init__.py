@@ -1,2 +1,2 @@
-"""Engines that run the assembly somewhere else than this process: Ray Data (``distributed``,
-``raysession``). The local engine is the CLI's own loop (``cli/engine_local.py``)."""
+"""Engines: the local one (``local``: this process and its decoding workers, for every face) and
+Ray Data (``distributed``, ``raysession``)."""

@@ -21,8 +21,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from .images import DEFAULT_MAX_PIXELS, ImageError, Input, open_image
-from .reading import DEFAULT_MAX_BYTES, DEFAULT_TIMEOUT, read_input
+from .images import DEFAULT_MAX_PIXELS, ImageError, Input, MemoryInput, memory_image, open_image
+from .reading import DEFAULT_MAX_BYTES, DEFAULT_TIMEOUT, read_input, too_large
 from .video import VideoPart
 from .videodecode import decode_part
 
@@ -197,7 +197,9 @@ class FileDecoder:
     """Reads one file and returns its payload for the model: run in a worker process or thread.
 
     Bytes are read through :mod:`zeroshot.image.reading` (regular files and URLs, never past the byte
-    cap). Payloads: uint8 HxWx3 numpy pixels (split transform), a float tensor (whole transform) or a
+    cap); a :class:`~zeroshot.image.images.MemoryInput`'s bytes take the same path from the cap on,
+    and its PIL image or array the same conversion a decoded file gets (:func:`memory_image`).
+    Payloads: uint8 HxWx3 numpy pixels (split transform), a float tensor (whole transform) or a
     :class:`Jpeg` (left for the batched decoder); wrapped in :class:`Fresh` with the content digest
     when an image cache is in use. Errors come back as the record's one-line message.
     """
@@ -229,7 +231,14 @@ class FileDecoder:
         if isinstance(inp, VideoPart):  # sampled frames of a video: a list of (payload, error), one each
             return decode_part(inp, self.decode_image, self.max_pixels), None
         try:
-            data = read_input(inp.path, self.max_bytes, self.timeout)
+            if isinstance(inp, MemoryInput):
+                if inp.data is None:  # pixels: no bytes to key an image cache on, so never stored
+                    return self.decode_image(memory_image(inp.image, self.max_pixels)), None
+                data = inp.data
+                if self.max_bytes and len(data) > self.max_bytes:
+                    raise too_large(len(data), self.max_bytes)
+            else:
+                data = read_input(inp.path, self.max_bytes, self.timeout)
             digest = None
             if self.digest:  # of the bytes decoded here, so a file changed meanwhile is stored right
                 from .imagecache import content_digest
@@ -370,8 +379,6 @@ def decode_in_worker(inputs: list[Input]) -> list[tuple[Any, str | None]]:
 
 def decode_item(decoder: FileDecoder, item: tuple[str, bytes | None, str | None]) -> tuple[Any, str | None]:
     """The Ray engine's unit: one (path, bytes or None, known error) item -> (payload, None) or (None, message)."""
-    from .reading import too_large
-
     path, data, known_error = item
     if known_error:
         return None, str(known_error)

@@ -7,12 +7,13 @@ orientation, then hands the image to the model's own open_clip preprocessing unc
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
 import stat
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import IO, Any
 
 from ..base import options
@@ -62,6 +63,94 @@ class Pause(Input):
 
 
 PAUSE = Pause("")
+
+
+@dataclass(frozen=True)
+class MemoryInput(Input):
+    """One image handed over in memory (the library's and the server's inputs): ``path`` is only the
+    name its record shows, never opened or fetched. ``data``: a file's encoded bytes, decoded as the
+    file would be, under the same caps (:class:`~zeroshot.image.decoding.FileDecoder`); else
+    ``image``: a PIL image or a uint8 numpy array (HxW grey, HxWx3 RGB, HxWx4 RGBA), whose pixels go
+    through the same conversion a decoded file's do. Picklable, so it travels to decoding workers;
+    compared and hashed by name and error only (an array has no truth value)."""
+
+    data: bytes | None = field(default=None, repr=False, compare=False)
+    image: Any = field(default=None, repr=False, compare=False)
+
+
+MEMORY_KINDS = "a path, encoded bytes, a PIL image or a numpy array"
+
+
+def is_in_memory(obj: Any) -> bool:
+    """Whether ``obj`` is an image held in memory (encoded bytes, a PIL image, a numpy array)."""
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        return True
+    kind = type(obj)
+    module = getattr(kind, "__module__", "") or ""
+    if module.startswith("numpy") and kind.__name__ == "ndarray":
+        return True
+    if module.startswith("PIL."):  # imported only when one is seen: Pillow stays lazy
+        from PIL import Image
+
+        return isinstance(obj, Image.Image)
+    return False
+
+
+def memory_input(path: str, obj: Any) -> MemoryInput:
+    """``obj`` (see :func:`is_in_memory`) as an input named ``path``. A PIL image is loaded here (a
+    lazily opened one would otherwise load while it is pickled for a worker, where a broken file
+    could not become its record), and an array of the wrong kind is refused here: both come out as
+    an input carrying the record's one-line error."""
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        return MemoryInput(path, data=bytes(obj))
+    try:
+        if type(obj).__name__ == "ndarray":
+            _array_mode(obj)
+        elif is_in_memory(obj):
+            with _pillow_errors():
+                obj.load()
+        else:
+            raise ImageError(f"not an image: {type(obj).__name__} (give {MEMORY_KINDS})")
+    except ImageError as e:
+        return MemoryInput(path, error=str(e))
+    return MemoryInput(path, image=obj)
+
+
+def _array_mode(array: Any) -> str:
+    """The PIL mode of a uint8 HxW / HxWx3 / HxWx4 array; :class:`ImageError` for any other."""
+    import numpy as np
+
+    shape = tuple(array.shape)
+    modes = {1: "L", 3: "RGB", 4: "RGBA"}  # HxW is one channel; HxWx2 (grey + alpha?) is refused, not guessed
+    channels = 1 if len(shape) == 2 else (shape[2] if len(shape) == 3 and shape[2] != 1 else 0)
+    if array.dtype != np.uint8 or channels not in modes:
+        raise ImageError(
+            f"unsupported array: {array.dtype} of shape {shape} (give uint8 HxW grey, HxWx3 RGB or HxWx4 RGBA)"
+        )
+    if not shape[0] or not shape[1]:
+        raise ImageError(f"empty image ({shape[1]}x{shape[0]} pixels)")
+    return modes[channels]
+
+
+def memory_image(image: Any, max_pixels: int | None = None) -> Any:
+    """A PIL image or numpy array given in memory -> the PIL image a file's bytes would decode to:
+    its size checked against ``max_pixels``, high bit depths brought to 8 bits (:func:`to_8bit`).
+    No EXIF orientation: the pixels are the caller's, as they are. The caller's image is not changed."""
+    from PIL import Image
+
+    if type(image).__name__ == "ndarray" and hasattr(image, "dtype"):
+        import numpy as np
+
+        mode = _array_mode(image)
+        check_pixels(image.shape[1], image.shape[0], max_pixels)
+        with _pillow_errors():
+            return Image.fromarray(np.ascontiguousarray(image)).convert(mode)
+    if not isinstance(image, Image.Image):
+        raise ImageError(f"not an image: {type(image).__name__} (give {MEMORY_KINDS})")
+    check_pixels(image.size[0], image.size[1], max_pixels)
+    with _pillow_errors():
+        image.load()
+        return to_8bit(image)
 
 
 def walk_images(root: str, seen: set[tuple[int, int]]) -> Iterator[Input]:
@@ -298,19 +387,28 @@ def open_image(
     if isinstance(source, io.BytesIO) and not source.getbuffer().nbytes:
         raise ImageError("empty file (0 bytes)")
     register_plugins()
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import Image, ImageOps
 
     Image.MAX_IMAGE_PIXELS = None  # the limit is ours (max_pixels), applied below to every format
+    with _pillow_errors(), Image.open(source) as im:
+        check_pixels(im.size[0], im.size[1], max_pixels)
+        if draft is not None and im.format == "JPEG":
+            im.draft(im.mode, (draft, draft))
+        im.load()
+        oriented = ImageOps.exif_transpose(im)
+        if oriented is im:
+            oriented = im.copy()
+        return to_8bit(oriented)
+
+
+@contextlib.contextmanager
+def _pillow_errors() -> Iterator[None]:
+    """Pillow's (and the OS's) exceptions while an image is opened or loaded, as one-line
+    :class:`ImageError` messages: the same for a file's bytes and an image given in memory."""
+    from PIL import Image, UnidentifiedImageError
+
     try:
-        with Image.open(source) as im:
-            check_pixels(im.size[0], im.size[1], max_pixels)
-            if draft is not None and im.format == "JPEG":
-                im.draft(im.mode, (draft, draft))
-            im.load()
-            oriented = ImageOps.exif_transpose(im)
-            if oriented is im:
-                oriented = im.copy()
-            return to_8bit(oriented)
+        yield
     except ImageError:
         raise
     except (FileNotFoundError, IsADirectoryError, PermissionError) as e:

@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 
 from ..image import video
 from ..image.decoding import Cached, FileDecoder, Fresh, cpu_count, processes_usable
-from ..image.images import DEFAULT_MAX_PIXELS, ImageError, Input, Pause
+from ..image.images import DEFAULT_MAX_PIXELS, ImageError, Input, MemoryInput, Pause
 from ..image.reading import DEFAULT_MAX_BYTES, DEFAULT_TIMEOUT, is_url
 from ..image.streams import PROCESS_CHUNK, ahead, decode_stream, lookahead_for
 from ..image.video import FrameInput, VideoPart
@@ -211,7 +211,8 @@ class ImageEncoder:
         single = cached_frame if self.image_cache is not None else None
         stream = decode_stream(parts(inputs, single), self.decoder, self.workers, look, pool_factory, remote,
                                PROCESS_CHUNK, lambda inp: answers.pop(id(inp), None) or self._cached(inp),
-                               side=lambda inp: inp.error is None and is_url(inp.path) and not video.is_part(inp),
+                               side=lambda inp: inp.error is None and is_url(inp.path) and not video.is_part(inp)
+                               and not isinstance(inp, MemoryInput),
                                pause=lambda inp: isinstance(inp, Pause))  # fmt: skip
         for item in self._frames(stream):
             if isinstance(item[0], Pause):
@@ -276,13 +277,21 @@ class ImageEncoder:
 
 
 def cache_lookup(image_cache: Any, inp: Input, max_bytes: int | None) -> tuple[Any, str | None] | None:
-    """What the image-embedding cache says of a file input: ``(Cached(feature), None)`` for a hit,
-    ``(None, error)`` when the file cannot even be read to be hashed, None when it has no answer
-    (no cache, a miss, an input already in error, a URL: the decoders hash what they fetch)."""
+    """What the image-embedding cache says of a file input (or encoded bytes given in memory):
+    ``(Cached(feature), None)`` for a hit, ``(None, error)`` when the file cannot even be read to be
+    hashed, None when it has no answer (no cache, a miss, an input already in error, a URL: the
+    decoders hash what they fetch; a PIL image or array: never cached)."""
     if image_cache is None or inp.error is not None or isinstance(inp, VideoPart):
         return None
     from ..image.reading import file_digest
 
+    if isinstance(inp, MemoryInput):  # its bytes are keyed as a file's are; pixels given as such are not
+        if inp.data is None or (max_bytes and len(inp.data) > max_bytes):
+            return None  # the decoder says why it is refused
+        from ..image.imagecache import content_digest
+
+        feature = image_cache.get(content_digest(inp.data))
+        return (Cached(feature), None) if feature is not None else None
     try:
         if isinstance(inp, FrameInput):
             feature = image_cache.get(video.frame_digest(inp))

@@ -1,0 +1,1 @@
+"""``zeroshot serve``: the HTTP face over the one assembly."""
