@@ -107,14 +107,18 @@ def test_eval_shots_reports_the_methods_side_by_side(adapted):
     assert few["shots"] == 2 and few["seeds"] == 2 and len(few["pull"]) == 2
     for name in ("zero_shot", "linear_probe", "class_means", "adapted"):
         assert len(few[name]["runs"]) == 2 and few[name]["min"] <= few[name]["mean"] <= few[name]["max"]
+    # the standard probe: its C per seed, chosen on 2 folds (2 examples per class)
+    assert few["probe_folds"] == 2 and len(few["probe_c"]) == 2 and len(few["adapted_probe_c"]) == 2
 
 
 def test_where_zero_shot_knows_nothing_the_probe_is_free_and_one_example_still_keeps_zero_shot():
     """Examples that zero-shot classifies no better than chance (a domain the text side has never
-    seen): the adapted weights are the plain probe's, whatever the cross-validation scored. Just
-    over chance is not enough (3 standard errors). With one example per class there is no evidence
-    either way, and zero-shot is kept."""
+    seen): the adapted weights are the standard probe's (its C, cross-validated, fitted without the
+    bias a cosine classifier cannot hold), whatever the pulls scored. Just over chance is not
+    enough (3 standard errors). With one example per class there is no evidence either way, and
+    zero-shot is kept."""
     from zeroshot.uses.adapt import zero_shot_knows
+    from zeroshot.uses.probe import fit_probe
 
     g = torch.Generator().manual_seed(1)
     classes = [f"c{i}" for i in range(10)]
@@ -124,9 +128,10 @@ def test_where_zero_shot_knows_nothing_the_probe_is_free_and_one_example_still_k
     feats = torch.nn.functional.normalize(centres[labels] + 0.3 * torch.randn(80, 32, generator=g), dim=-1)
     assert not zero_shot_knows(feats, labels, w0)
     unseen = adapt(feats, labels, w0, 100.0, classes, seed=2)
-    probe = fit(feats, labels, w0, 100.0, 0.0, seed=2)  # (on 2 threads here, 1 in adapt: float order only)
-    assert unseen.lam == 0.0 and torch.allclose(unseen.weights, probe, atol=1e-6)
-    assert max(unseen.cv_accuracy.values()) > 0  # the cross-validation still ran, for the record
+    probe = fit_probe(feats, labels, seed=2)  # the same folds
+    assert unseen.lam == 0.0 and unseen.probe_c == probe.c and unseen.probe_cv == probe.cv_accuracy
+    assert torch.equal((feats @ unseen.weights.T).argmax(dim=1), labels)  # it learnt the examples
+    assert max(unseen.cv_accuracy.values()) > 0  # the pulls' cross-validation still ran, for the record
     # 20% right where chance is 10%: above chance, but under 3 standard errors (0.1 + 3 * 0.034)
     assert not zero_shot_knows(feats[:80], torch.where(torch.arange(80) % 5 == 0, (feats @ w0.T).argmax(1),
                                                        (feats @ w0.T).argmax(1) + 1) % 10, w0)  # fmt: skip
@@ -158,3 +163,41 @@ def test_adapt_prompts_folder_names_with_spaces_in_the_cli_and_the_library(fake_
     assert adapted.classes == ("dark red", "light blue")
     zero = clf.text_classifier(zeroshot.resolve_prompt_set(labels=["dark red", "light blue"]))
     assert [int(np.argmax(row)) for row in zero.weights] == [0, 2]  # "red" and "blue" were read from the prompts
+
+
+def test_adapt_writes_the_probe_on_an_unseen_domain_and_classify_scores_it(tmp_path):
+    """Stripes, rings and checks under made-up names: zero-shot knows nothing of them, so the
+    console script writes the standard probe (as unit rows: the classifier file as before), says
+    its C, and classify --classifier reads the file and gets the examples right."""
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:32, 0:32]
+    patterns = {"zork": lambda p: np.sin(yy / p), "blick": lambda p: np.sin(np.hypot(yy - 16, xx - 16) / p),
+                "quux": lambda p: np.sign(np.sin(yy / p) * np.sin(xx / p))}  # fmt: skip
+    folder = tmp_path / "examples"
+    for name, pattern in patterns.items():
+        (folder / name).mkdir(parents=True)
+        for i in range(6):
+            grey = 127 + 120 * pattern(rng.uniform(1.0, 2.5)) + rng.normal(0, 10, (32, 32))
+            Image.fromarray(np.clip(grey, 0, 255).astype(np.uint8), "L").save(folder / name / f"{i}.png")
+    out = tmp_path / "probe.safetensors"
+    model = ["-m", BUNDLED_NAME, "--workers", "0"]
+    done = subprocess.run([sys.executable, "-m", "zeroshot", "adapt", str(folder), "-o", str(out), *model],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    record = json.loads(done.stdout)
+    assert (
+        record["pull"] == 0.0 and isinstance(record["probe_c"], float) and record["shots"] == dict.fromkeys(patterns, 6)
+    )
+    with safe_open(str(out), "np") as f:
+        assert json.loads(f.metadata()["probe_c"]) == record["probe_c"] and "logistic" in f.metadata()["method"]
+    images = sorted(str(p) for p in folder.rglob("*.png"))
+    done = subprocess.run([sys.executable, "-m", "zeroshot", "classify", *images, "--classifier", str(out), *model],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    labels = [json.loads(line)["label"] for line in done.stdout.splitlines()]
+    assert sum(label == Path(p).parent.name for label, p in zip(labels, images, strict=True)) >= 16

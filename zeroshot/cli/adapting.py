@@ -37,7 +37,10 @@ from .common import (
     write_record,
 )
 
-METHOD = "constrained linear probe from the zero-shot weights, pull chosen by cross-validation (CLAP-style)"
+METHOD = (
+    "constrained linear probe from the zero-shot weights (CLAP-style) or the standard linear probe (logistic "
+    "regression), chosen with its pull or C by cross-validation"
+)
 
 
 @app.command("adapt")
@@ -109,11 +112,14 @@ def adapt_cmd(
         dest, prepared.spec, text.prompt_set, run.text.weights, precision=prepared.precision, method=METHOD,
         pull=adapted.lam, seed=seed, shots=json.dumps(adapted.shots, ensure_ascii=False),
         cross_validation=json.dumps({str(k): v for k, v in adapted.cv_accuracy.items()}),
+        probe_c=json.dumps(adapted.probe_c),
+        probe_cross_validation=json.dumps({str(k): v for k, v in adapted.probe_cv.items()}),
         examples=json.dumps(run.examples, ensure_ascii=False),
     )  # fmt: skip
     record = {
         "output": str(output), "classes": len(text.classes), "examples": len(run.examples), "shots": adapted.shots,
         "pull": adapted.lam, "cross_validation": {str(k): v for k, v in adapted.cv_accuracy.items()},
+        "probe_c": adapted.probe_c, "probe_cross_validation": {str(k): v for k, v in adapted.probe_cv.items()},
         "model": prepared.spec.model, "pretrained": prepared.spec.pretrained,
         "seconds": round(time.perf_counter() - start, 3),
     }  # fmt: skip
