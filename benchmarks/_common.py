@@ -14,30 +14,40 @@ from pathlib import Path
 DEFAULT_WORK = Path(os.environ.get("ZEROSHOT_BENCH_DIR", "/tmp/zeroshot-bench"))
 
 
-def photo_jpegs(folder: Path, n: int, size: tuple[int, int] = (640, 480), seed: int = 0) -> list[Path]:
+def photo_jpegs(
+    folder: Path, n: int, size: tuple[int, int] = (640, 480), seed: int = 0, workers: int = 1
+) -> list[Path]:
     """``n`` deterministic photo-sized JPEGs (quality 90, ~110 kB each): smooth colour fields,
-    sensor-like noise and a dark disc, so they compress and decode like photographs, not flat fills."""
+    sensor-like noise and a dark disc, so they compress and decode like photographs, not flat fills.
+    Made once (a file already there is kept), by ``workers`` processes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"photo{i:05d}.jpg" for i in range(n)]
+    todo = [(p, size, seed * 1_000_003 + i) for i, p in enumerate(paths) if not p.exists()]
+    if workers > 1 and len(todo) > workers:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(workers) as pool:
+            list(pool.map(_photo_jpeg, todo, chunksize=16))
+    else:
+        for item in todo:
+            _photo_jpeg(item)
+    return paths
+
+
+def _photo_jpeg(item: tuple[Path, tuple[int, int], int]) -> None:
     import numpy as np
     from PIL import Image
 
-    folder.mkdir(parents=True, exist_ok=True)
-    w, h = size
-    paths = []
+    path, (w, h), seed = item
     yy, xx = np.mgrid[0:h, 0:w]
-    for i in range(n):
-        path = folder / f"photo{i:05d}.jpg"
-        paths.append(path)
-        if path.exists():
-            continue
-        rng = np.random.default_rng(seed * 1_000_003 + i)
-        low = Image.fromarray((rng.random((6, 8, 3)) * 255).astype(np.uint8)).resize((w, h), Image.BICUBIC)
-        a = np.asarray(low).astype(np.float32) + rng.normal(0, 12, (h, w, 3))
-        cx, cy, r = rng.integers(w // 6, 5 * w // 6), rng.integers(h // 5, 4 * h // 5), rng.integers(h // 12, h // 3)
-        a[(xx - cx) ** 2 + (yy - cy) ** 2 < r * r] *= 0.5
-        tmp = path.with_suffix(".tmp")
-        Image.fromarray(np.clip(a, 0, 255).astype(np.uint8)).save(tmp, format="JPEG", quality=90)
-        os.replace(tmp, path)
-    return paths
+    rng = np.random.default_rng(seed)
+    low = Image.fromarray((rng.random((6, 8, 3)) * 255).astype(np.uint8)).resize((w, h), Image.BICUBIC)
+    a = np.asarray(low).astype(np.float32) + rng.normal(0, 12, (h, w, 3))
+    cx, cy, r = rng.integers(w // 6, 5 * w // 6), rng.integers(h // 5, 4 * h // 5), rng.integers(h // 12, h // 3)
+    a[(xx - cx) ** 2 + (yy - cy) ** 2 < r * r] *= 0.5
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    Image.fromarray(np.clip(a, 0, 255).astype(np.uint8)).save(tmp, format="JPEG", quality=90)
+    os.replace(tmp, path)
 
 
 def random_checkpoint(work: Path, arch: str = "ViT-B-32") -> Path:
