@@ -148,7 +148,7 @@ OPTIONS = _table(
     Option("workers", ("--workers",), "Decoding worker processes (default: a quarter of the cores on CPU, all but "
            "one with CUDA; 0: decode in the main process).", int, minimum=0),
     Option("jpeg_draft", ("--jpeg-draft",), "Let the JPEG decoder shrink large images by 2-8x while decoding "
-           "(faster; changes pixels slightly, see README).", bool, False),
+           "(faster; changes pixels slightly: see the manual).", bool, False),
     Option("max_pixels", ("--max-pixels",), "Refuse images whose header declares more pixels than this (default "
            f"{DEFAULT_MAX_PIXELS}, Pillow's own limit; 0: no limit). Checked before decoding.", int,
            DEFAULT_MAX_PIXELS, minimum=0),
@@ -169,7 +169,7 @@ OPTIONS = _table(
            "when given, else 64 GiB; 0: no limit). Videos are read as a stream, so memory does not grow with their "
            "size; --max-pixels applies to their frames.", int, minimum=0),
     Option("multi_label", ("--multi-label",), "Decide each label on its own (images holding several things): "
-           "records list every label scoring at least --threshold under 'labels' (score: see README).", bool, False),
+           "records list every label scoring at least --threshold under 'labels' (see the manual).", bool, False),
     Option("threshold", ("--threshold",), "With --multi-label: the per-label score that counts as present "
            "(default 0.5).", float, minimum=0.0, maximum=1.0),
     Option("background", ("--background",), "With --multi-label on CLIP models: the neutral word each label is "

@@ -5,7 +5,7 @@ JPEGs with torchvision's ``decode_jpeg`` (a list on ``device="cuda"`` goes to nv
 applies EXIF orientation, and resizes each group of same-sized images in one antialiased call, then
 center-crops, all on the device. It reproduces the model's ``Resize(n)`` + ``CenterCrop`` +
 RGB steps (see :class:`~zeroshot.image.decoding.StandardPilStage`) closely but not bit for bit (a
-different JPEG decoder and resampler): the README states the measured score difference.
+different JPEG decoder and resampler): docs/guides/gpus.md states the measured score difference.
 Anything it cannot take comes back as None and goes through Pillow instead.
 """
 

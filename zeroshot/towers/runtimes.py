@@ -51,7 +51,7 @@ def requested_runtime(choice: str | None) -> str:
 def text_runtime(choice: str | None, runtime: str) -> str:
     """Where text classifiers are built when the image tower runs on ``runtime``: ONNX Runtime only
     when onnx is asked for by name. Under auto the model is loaded anyway whenever text is built, and
-    torch's text path (prefix sharing) is the faster one on large prompt sets (README figures)."""
+    torch's text path (prefix sharing) is the faster one on large prompt sets (figures in docs/speed.md)."""
     return "onnx" if runtime == "onnx" and requested_runtime(choice) == "onnx" else "torch"
 
 
